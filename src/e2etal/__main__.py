@@ -1,0 +1,3 @@
+from e2etal.cli import main
+
+raise SystemExit(main())
