@@ -33,13 +33,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from e2etal.data.annotations import Annotations, CleanupReport
-from e2etal.data.predictions import Detections
+from e2etal.data.annotations import Annotations, CleanupReport, load_annotations
+from e2etal.data.predictions import Detections, load_predictions
 
 log = logging.getLogger(__name__)
 
 THUMOS14_TIOU = (0.3, 0.4, 0.5, 0.6, 0.7)
-ACTIVITYNET_TIOU = tuple(np.linspace(0.5, 0.95, 10))
+ACTIVITYNET_TIOU = tuple(float(x) for x in np.linspace(0.5, 0.95, 10))
 _CHUNK_ELEMENTS = 1 << 22
 
 
@@ -102,6 +102,50 @@ class DetectionResult:
                 ap = self.ap[:, i]
                 lines.append(f"{c:<{width}}  " + "  ".join(f"{100 * a:6.2f}" for a in ap) + f"  {100 * ap.mean():6.2f}")
         return "\n".join(lines)
+
+
+def parse_tiou(spec: str) -> tuple[float, ...]:
+    """`START:STOP:NUM` (inclusive, as numpy.linspace), a comma list, or one number."""
+    try:
+        if ":" in spec:
+            start, stop, num = spec.split(":")
+            values = tuple(float(x) for x in np.linspace(float(start), float(stop), int(num)))
+        else:
+            values = tuple(float(x) for x in spec.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--tiou {spec!r}: expected START:STOP:NUM (e.g. 0.5:0.95:10) or a list (0.3,0.5,0.7)") from None
+    if not values or any(not 0 <= v <= 1 for v in values):
+        raise ValueError(f"--tiou {spec!r}: thresholds must lie in [0, 1]")
+    return values
+
+
+def evaluate_files(
+    ground_truth_path,
+    predictions_path,
+    subset: str | None = None,
+    tiou_thresholds=ACTIVITYNET_TIOU,
+    keep_duplicates: bool = False,
+) -> DetectionResult:
+    """Load an annotation file and a results file and evaluate one subset.
+
+    `subset=None` takes the file's only subset (an error if it has several)."""
+    annotations = load_annotations(ground_truth_path)
+    if subset is None:
+        if len(annotations.subsets) != 1:
+            raise ValueError(f"{ground_truth_path}: has subsets {annotations.subsets}; choose one with --subset")
+        subset = annotations.subsets[0]
+    ground_truth = annotations.subset(subset)
+    detections = load_predictions(predictions_path)
+    result = evaluate_detections(ground_truth, detections, tiou_thresholds, keep_duplicates)
+    past = ground_truth.count_past_duration()
+    if past:
+        result.notes.append(f"{past} ground-truth instance(s) end after their video's duration; evaluated as given")
+    outside = int(sum(1 for v in set(detections.video) if v not in ground_truth.videos))
+    if outside:
+        result.notes.append(f"detections on {outside} video(s) outside subset {subset!r} count as false positives")
+    if result.cleanup is not None and (result.cleanup.dropped_short or result.cleanup.dropped_repeats):
+        result.notes.append(f"{result.cleanup} (--keep-duplicates keeps them)")
+    return result
 
 
 def evaluate_detections(

@@ -1,0 +1,212 @@
+"""TSM-ResNet18/50: a 2-D ResNet with the Temporal Shift Module, the LoFi encoder.
+
+Each residual block shifts 1/8 of its input channels one frame back in time and another
+1/8 one frame forward, inside the residual branch just before `conv1` ("residual shift"
+of Lin et al., ICCV 2019); the identity path is not shifted. Ends are zero-padded.
+
+Parameter names are torchvision's ResNet names (`conv1`, `bn1`, `layer1.0.conv1`, ...,
+`layer2.0.downsample.0/1`, `fc`), so torchvision ImageNet and Kinetics ResNet state dicts
+load without renaming (see `e2etal.backbones.checkpoint` for other layouts). The shift
+has no parameters, so it does not change the names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["BasicBlock", "Bottleneck", "TSMResNet", "temporal_shift", "tsm_resnet18", "tsm_resnet50"]
+
+
+def temporal_shift(x: Tensor, num_segments: int, shift_div: int = 8) -> Tensor:
+    """Shift channels along time: `[B*T, C, H, W] -> [B*T, C, H, W]`.
+
+    With `fold = C // shift_div`: channels `[0, fold)` of frame t take the values of
+    frame t+1 (zero at the last frame); channels `[fold, 2*fold)` take frame t-1 (zero
+    at the first frame); the remaining channels are unchanged.
+    """
+    nt, c, h, w = x.shape
+    if nt % num_segments:
+        raise ValueError(f"batch of {nt} frames is not a multiple of num_segments={num_segments}")
+    x = x.view(nt // num_segments, num_segments, c, h, w)  # [B, T, C, H, W]
+    fold = c // shift_div
+    from_next = x[:, 1:, :fold]  # frames 1..T-1 -> positions 0..T-2
+    from_prev = x[:, :-1, fold : 2 * fold]  # frames 0..T-2 -> positions 1..T-1
+    pad = x.new_zeros(x.shape[0], 1, fold, h, w)
+    out = torch.cat(
+        (
+            torch.cat((from_next, pad), dim=1),
+            torch.cat((pad, from_prev), dim=1),
+            x[:, :, 2 * fold :],
+        ),
+        dim=2,
+    )  # [B, T, C, H, W]
+    return out.view(nt, c, h, w)
+
+
+def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def _conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, shift_div: int = 8
+    ):
+        super().__init__()
+        self.shift_div = shift_div
+        self.conv1 = _conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor, num_segments: int) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)  # [B*T, C', H', W']
+        out = temporal_shift(x, num_segments, self.shift_div)
+        out = self.relu(self.bn1(self.conv1(out)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """torchvision's ResNet v1.5 bottleneck: the stride sits on the 3x3 `conv2`."""
+
+    expansion = 4
+
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, shift_div: int = 8
+    ):
+        super().__init__()
+        self.shift_div = shift_div
+        self.conv1 = _conv1x1(inplanes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = _conv1x1(planes, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor, num_segments: int) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = temporal_shift(x, num_segments, self.shift_div)
+        out = self.relu(self.bn1(self.conv1(out)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+@contextlib.contextmanager
+def _bn_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """Recompute a checkpointed block without updating BatchNorm running statistics twice.
+
+    With momentum 0 the running-stat update is a no-op; batch statistics are still used,
+    so the recomputed activations equal the original ones.
+    """
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(bns, saved):
+            m.momentum = momentum
+
+
+class TSMResNet(nn.Module):
+    """ResNet trunk with temporal shift; per-frame global-average-pooled features.
+
+    forward: `[B, 3, T, H, W] -> [B, T, C]` (C = 512 for R18, 2048 for R50); the shift
+    uses T of the input as `num_segments`. `fc` exists only when `num_classes > 0`.
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: tuple[int, int, int, int],
+        *,
+        num_classes: int = 0,
+        shift_div: int = 8,
+        grad_checkpointing: bool = False,
+    ):
+        super().__init__()
+        self.shift_div = shift_div
+        self.grad_checkpointing = grad_checkpointing
+        self.inplanes = 64
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, 64, layers[0], stride=1)
+        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.num_features = 512 * block.expansion
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else None
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _make_layer(self, block, planes: int, blocks: int, stride: int) -> nn.ModuleList:
+        # A ModuleList, not a Sequential: blocks take `num_segments` too. Names are the same.
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                _conv1x1(self.inplanes, planes * block.expansion, stride),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
+        layer = [block(self.inplanes, planes, stride, downsample, self.shift_div)]
+        self.inplanes = planes * block.expansion
+        layer += [block(self.inplanes, planes, shift_div=self.shift_div) for _ in range(1, blocks)]
+        return nn.ModuleList(layer)
+
+    def _run_block(self, block: nn.Module, x: Tensor, num_segments: int) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(
+                block,
+                x,
+                num_segments,
+                use_reentrant=False,
+                context_fn=lambda: (contextlib.nullcontext(), _bn_stats_frozen(block)),
+            )
+        return block(x, num_segments)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, T, H, W = x.shape  # [B, 3, T, H, W]
+        x = x.transpose(1, 2).reshape(B * T, C, H, W)  # [B*T, 3, H, W]
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                x = self._run_block(block, x, T)
+        x = self.avgpool(x).flatten(1)  # [B*T, C]
+        return x.view(B, T, self.num_features)  # [B, T, C]
+
+    def classify(self, x: Tensor) -> Tensor:
+        """Clip logits `[B, num_classes]`: `fc` on per-frame features averaged over time (TSN consensus)."""
+        if self.fc is None:
+            raise ValueError("this TSMResNet has no fc (built with num_classes=0)")
+        return self.fc(self.forward(x).mean(dim=1))
+
+
+def tsm_resnet18(**kwargs) -> TSMResNet:
+    return TSMResNet(BasicBlock, (2, 2, 2, 2), **kwargs)
+
+
+def tsm_resnet50(**kwargs) -> TSMResNet:
+    return TSMResNet(Bottleneck, (3, 4, 6, 3), **kwargs)

@@ -1,0 +1,55 @@
+"""`e2etal eval`: mAP of a predictions file against ground truth."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from e2etal.metrics import ACTIVITYNET_TIOU, THUMOS14_TIOU, evaluate_files, parse_tiou
+
+PRESETS = {
+    "thumos14": (THUMOS14_TIOU, "test"),
+    "activitynet": (ACTIVITYNET_TIOU, "validation"),
+}
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate detections (mAP per tIoU) against ground truth",
+        description="Mean average precision of detections in the ActivityNet results layout against "
+        "ground truth (ActivityNet JSON, ActionFormer's THUMOS-14 JSON, or CSV), with the official "
+        "ActivityNet semantics.",
+    )
+    p.add_argument("--ground-truth", "-g", required=True, metavar="GT", help="annotation file (.json or .csv)")
+    p.add_argument("--predictions", "-p", required=True, metavar="PRED", help="results JSON {'results': {video: [...]}}")
+    p.add_argument("--subset", help="ground-truth subset to evaluate (case-insensitive; 'all' for every video); "
+                   "default: the preset's (test / validation), or the only subset of the file")
+    p.add_argument("--dataset", choices=sorted(PRESETS), help="preset tIoU thresholds and subset: "
+                   "thumos14 = 0.3:0.7:5 on test, activitynet = 0.5:0.95:10 on validation")
+    p.add_argument("--tiou", help="thresholds: START:STOP:NUM (inclusive, like numpy.linspace) or a comma list; "
+                   "default 0.5:0.95:10")
+    p.add_argument("--per-class", action="store_true", help="also print AP of every class")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--keep-duplicates", action="store_true", help="keep repeated and shorter-than-1-ms ground-truth "
+                   "instances, as the official ActivityNet code does (default: drop them, as ActionFormer/OpenTAD do)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    preset_tiou, preset_subset = PRESETS.get(args.dataset, (ACTIVITYNET_TIOU, None))
+    tiou = parse_tiou(args.tiou) if args.tiou else preset_tiou
+    result = evaluate_files(
+        args.ground_truth,
+        args.predictions,
+        subset=args.subset or preset_subset,
+        tiou_thresholds=tiou,
+        keep_duplicates=args.keep_duplicates,
+    )
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(result.table(per_class=args.per_class))
+    return 0
