@@ -1,4 +1,5 @@
-"""`e2etal eval`: mAP of a predictions file against ground truth."""
+"""`e2etal eval`: mAP of a predictions file against ground truth, or of a checkpoint's
+detections on a subset."""
 
 from __future__ import annotations
 
@@ -21,8 +22,14 @@ def register(sub) -> None:
         "ground truth (ActivityNet JSON, ActionFormer's THUMOS-14 JSON, or CSV), with the official "
         "ActivityNet semantics.",
     )
-    p.add_argument("--ground-truth", "-g", required=True, metavar="GT", help="annotation file (.json or .csv)")
-    p.add_argument("--predictions", "-p", required=True, metavar="PRED", help="results JSON {'results': {video: [...]}}")
+    p.add_argument("config", nargs="?", help="with --checkpoint: the experiment config (default: the checkpoint's own)")
+    p.add_argument("--checkpoint", metavar="CKPT", help="run this checkpoint on the subset, write its predictions and evaluate them")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="with a config: override a value (repeatable)")
+    p.add_argument("--out", metavar="PRED.json", help="with --checkpoint: where to write the predictions "
+                   "(default: predictions_SUBSET.json beside the checkpoint directory)")
+    p.add_argument("--ground-truth", "-g", metavar="GT", help="annotation file (.json or .csv)")
+    p.add_argument("--predictions", "-p", metavar="PRED", help="results JSON {'results': {video: [...]}}")
     p.add_argument("--subset", help="ground-truth subset to evaluate (case-insensitive; 'all' for every video); "
                    "default: the preset's (test / validation), or the only subset of the file")
     p.add_argument("--dataset", choices=sorted(PRESETS), help="preset tIoU thresholds and subset: "
@@ -37,15 +44,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    preset_tiou, preset_subset = PRESETS.get(args.dataset, (ACTIVITYNET_TIOU, None))
-    tiou = parse_tiou(args.tiou) if args.tiou else preset_tiou
-    result = evaluate_files(
-        args.ground_truth,
-        args.predictions,
-        subset=args.subset or preset_subset,
-        tiou_thresholds=tiou,
-        keep_duplicates=args.keep_duplicates,
-    )
+    if args.checkpoint:
+        result = _run_checkpoint(args)
+    elif args.ground_truth and args.predictions:
+        result = _run_files(args)
+    else:
+        raise ValueError("give --ground-truth and --predictions, or --checkpoint CKPT [CONFIG]")
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.json:
@@ -53,3 +57,33 @@ def run(args) -> int:
     else:
         print(result.table(per_class=args.per_class))
     return 0
+
+
+def _run_checkpoint(args):
+    from pathlib import Path
+
+    from e2etal.data.predictions import save_predictions
+    from e2etal.experiment import evaluate_checkpoint, experiment_config
+
+    cfg = experiment_config(args.config or args.checkpoint, args.overrides)
+    if args.tiou or args.dataset:
+        cfg.eval.tiou = parse_tiou(args.tiou) if args.tiou else PRESETS[args.dataset][0]
+    cfg.eval.keep_duplicates = cfg.eval.keep_duplicates or args.keep_duplicates
+    subset = args.subset or cfg.data.val_subset
+    result, detections = evaluate_checkpoint(args.checkpoint, cfg, subset=subset)
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"predictions_{subset}.json"
+    save_predictions(out, detections)
+    print(f"wrote {len(detections)} detections to {out}", file=sys.stderr)
+    return result
+
+
+def _run_files(args):
+    preset_tiou, preset_subset = PRESETS.get(args.dataset, (ACTIVITYNET_TIOU, None))
+    tiou = parse_tiou(args.tiou) if args.tiou else preset_tiou
+    return evaluate_files(
+        args.ground_truth,
+        args.predictions,
+        subset=args.subset or preset_subset,
+        tiou_thresholds=tiou,
+        keep_duplicates=args.keep_duplicates,
+    )

@@ -1,0 +1,261 @@
+"""The training loop shared by every detector (see `e2etal.detector` for the contract).
+
+Reproducibility: the shuffling order, the random crops and the global RNG (dropout,
+drop-path) are re-seeded from `(seed, epoch)` at the start of every epoch, so a run
+resumed from the checkpoint of epoch k continues exactly as the uninterrupted run would
+have (bit-for-bit on the CPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from e2etal import io
+from e2etal.data.annotations import ClassMap
+from e2etal.engine.checkpoint import load_checkpoint, save_checkpoint
+from e2etal.engine.ema import ModelEMA
+from e2etal.engine.schedule import warmup_cosine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 35
+    warmup_epochs: int = 5
+    batch_size: int = 2
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    clip_grad_norm: float | None = 1.0
+    ema_decay: float | None = 0.999  # None = no EMA; with EMA, its weights are evaluated
+    amp: bool = True  # bf16 autocast, on CUDA only
+    device: str = "auto"  # "auto" = CUDA when available, else CPU
+    seed: int = 1234
+    num_workers: int = 0
+    eval_every: int = 5  # epochs between validations; 0 = only after the last epoch
+    checkpoint_every: int = 0  # also keep `epoch_NNNN` checkpoints every N epochs; 0 = only last/best
+    tensorboard: bool = True  # write TensorBoard logs when the package is installed
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("train: epochs and batch_size must be >= 1")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"train.warmup_epochs: expected 0..epochs ({self.epochs}), got {self.warmup_epochs}")
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    epochs_run: int
+    last_metrics: dict = field(default_factory=dict)
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    seconds: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices and kernels only, not on biases, norms or scales."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class MetricsLog:
+    """metrics.csv in the run directory, plus TensorBoard when available."""
+
+    def __init__(self, out_dir: Path, tensorboard: bool):
+        self.path = out_dir / "metrics.csv"
+        self.rows: list[dict] = []
+        if self.path.exists():
+            with open(self.path, newline="") as f:
+                self.rows = list(csv.DictReader(f))
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+            except ImportError:
+                pass
+
+    def add(self, row: dict, step: int) -> None:
+        self.rows.append(row)
+        keys = list(dict.fromkeys(k for r in self.rows for k in r))
+        lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in self.rows]
+        io.write_text(self.path, "\n".join(lines) + "\n")
+        if self.writer is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+                    self.writer.add_scalar(k, v, step)
+            self.writer.flush()
+
+
+class Trainer:
+    """AdamW, warm-up + cosine LR, gradient clipping, EMA, bf16 autocast on GPU,
+    validation every few epochs, `last`/`best` checkpoints and resume."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: torch.utils.data.Dataset,
+        collate: Callable,
+        cfg: TrainConfig,
+        out_dir: str | Path,
+        config_dict: dict,
+        classes: ClassMap,
+        evaluate: Callable[[nn.Module], dict] | None = None,
+    ):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.train_set = train_set
+        self.collate = collate
+        self.out_dir = Path(out_dir)
+        self.config_dict = config_dict
+        self.classes = classes
+        self.evaluate = evaluate
+        self.steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+        self.optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        self.scheduler = warmup_cosine(
+            self.optimizer, cfg.warmup_epochs * self.steps_per_epoch, cfg.epochs * self.steps_per_epoch
+        )
+        self.ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+        self.epoch = 0  # epochs completed
+        self.best_metric: float | None = None
+        self.best_epoch: int | None = None
+
+    # -- checkpoints ---------------------------------------------------------------
+    def _training_state(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+        }
+
+    def save(self, name: str) -> Path:
+        return save_checkpoint(
+            self.out_dir / name,
+            self.model.state_dict(),
+            self.config_dict,
+            self.classes,
+            ema_state=self.ema.state_dict() if self.ema is not None else None,
+            training_state=self._training_state(),
+        )
+
+    def resume(self, path: str | Path) -> None:
+        ckpt = load_checkpoint(path)
+        if ckpt.state is None:
+            raise ValueError(f"{ckpt.path}: has no training state to resume from")
+        self.model.load_state_dict(ckpt.model)
+        if self.ema is not None:
+            if ckpt.ema is None:
+                raise ValueError(f"{ckpt.path}: has no EMA weights but train.ema_decay is set")
+            self.ema.load_state_dict(ckpt.ema)
+        self.optimizer.load_state_dict(ckpt.state["optimizer"])
+        self.scheduler.load_state_dict(ckpt.state["scheduler"])
+        self.epoch = int(ckpt.state["epoch"])
+        self.best_metric = ckpt.state["best_metric"]
+        self.best_epoch = ckpt.state["best_epoch"]
+        log.info("resumed from %s after epoch %d", ckpt.path, self.epoch)
+
+    # -- loop ----------------------------------------------------------------------
+    def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
+        return torch.utils.data.DataLoader(
+            self.train_set,
+            batch_size=self.cfg.batch_size,
+            shuffle=True,
+            generator=generator,
+            collate_fn=self.collate,
+            num_workers=self.cfg.num_workers,
+            drop_last=False,
+        )
+
+    def _autocast(self):
+        enabled = self.cfg.amp and self.device.type == "cuda"
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def train_epoch(self, epoch: int) -> dict:
+        self.model.train()
+        torch.manual_seed(self.cfg.seed * 1000 + epoch)
+        sums: dict[str, float] = {}
+        count = 0
+        bar = tqdm(self._loader(epoch), desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
+                   disable=not self.cfg.progress, unit="batch")
+        for batch in bar:
+            batch = batch.to(self.device)
+            with self._autocast():
+                losses = self.model.losses(batch)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"epoch {epoch + 1}: loss is {loss.item()} on videos {batch.video_ids}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            count += 1
+            bar.set_postfix(loss=f"{sums['loss'] / count:.3f}")
+        return {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
+
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def fit(self, resume: str | Path | None = None) -> TrainResult:
+        start = time.perf_counter()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume is not None:
+            self.resume(resume)
+        metrics_log = MetricsLog(self.out_dir, self.cfg.tensorboard)
+        row: dict = {}
+        while self.epoch < self.cfg.epochs:
+            epoch = self.epoch
+            t0 = time.perf_counter()
+            row = {"epoch": epoch + 1, "step": (epoch + 1) * self.steps_per_epoch, **self.train_epoch(epoch)}
+            row["lr"] = self.scheduler.get_last_lr()[0]
+            row["epoch_s"] = round(time.perf_counter() - t0, 3)
+            self.epoch = epoch + 1
+            last = self.epoch == self.cfg.epochs
+            every = self.cfg.eval_every
+            if self.evaluate is not None and (last or (every and self.epoch % every == 0)):
+                metrics = self.evaluate(self.eval_model())
+                row.update(metrics)
+                score = metrics.get("average_mAP")
+                if score is not None and (self.best_metric is None or score > self.best_metric):
+                    self.best_metric, self.best_epoch = score, self.epoch
+                    self.save("best")
+            log.info("epoch %d/%d: %s", self.epoch, self.cfg.epochs,
+                     ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "epoch"))
+            metrics_log.add(row, row["step"])
+            self.save("last")
+            if self.cfg.checkpoint_every and self.epoch % self.cfg.checkpoint_every == 0:
+                self.save(f"epoch_{self.epoch:04d}")
+        return TrainResult(self.out_dir, self.epoch, row, self.best_metric, self.best_epoch, time.perf_counter() - start)

@@ -1,0 +1,270 @@
+"""ActionFormer-style single-stage detection head (Zhang et al., ECCV 2022), on the
+feature grid.
+
+features [B, C_in, T] ─ embedding convs ─ stem blocks ─┬─ level 0  (stride 1)
+                                       branch block ×2 ├─ level 1  (stride 2)
+                                                  ...  └─ level L-1 (stride 2^(L-1))
+every level ─ shared classification tower ─ logits  [B, T_l, K]
+            └ shared regression tower × Scale_l, ReLU ─ offsets [B, T_l, 2]
+
+Each step of each level is a point (heads.targets.make_points) that predicts, per
+class, whether an action contains it, and the distances from it to that action's start
+and end in units of its level's stride. Target assignment and the losses are the pure
+functions of heads.targets; suppression is e2etal.postprocess. Segments going in and
+coming out are in input feature steps; seconds are someone else's business.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from e2etal.heads.config import HeadConfig
+from e2etal.heads.targets import assign_targets, diou_loss_1d, make_points, sigmoid_focal_loss
+from e2etal.heads.transformer import LayerNorm1d, MaskedConv1d, TransformerBlock
+from e2etal.postprocess import postprocess
+
+
+@dataclass
+class HeadOutput:
+    """The head's raw outputs, one list entry per pyramid level (finest first)."""
+
+    cls_logits: list[Tensor]  # [B, T_l, K]
+    offsets: list[Tensor]  # [B, T_l, 2] (to start, to end) in strides of level l, >= 0
+    masks: list[Tensor]  # [B, T_l] bool, True = valid step
+    points: list[Tensor]  # [T_l, 4] (position in feature steps, range low, range high, stride)
+
+
+def padded_length(length: int, cfg: HeadConfig) -> int:
+    """The length to pad a sequence of `length` feature steps to: the next multiple of
+    the largest stride.
+
+    The head accepts any T >= 1 (each level has ceil(T / stride) steps) and its outputs
+    at valid steps do not depend on how much padding follows them. Padding a batch to a
+    multiple of the largest stride makes every level exactly T / stride long, which is
+    what batch collation and fixed-shape compilation want; training batches use
+    cfg.max_seq_len, itself such a multiple."""
+    if length < 1:
+        raise ValueError(f"padded_length: length must be >= 1 feature step, got {length}")
+    return math.ceil(length / cfg.max_stride) * cfg.max_stride
+
+
+class Scale(nn.Module):
+    """A learnable scalar, one per level, so the shared regression tower can output
+    offsets of the same magnitude at every level."""
+
+    def __init__(self, init: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+class PyramidEncoder(nn.Module):
+    """Embedding convs, stem blocks at full resolution, then one stride-2 block per
+    further level; every level's output is LayerNorm-ed (ActionFormer's identity FPN)."""
+
+    def __init__(self, cfg: HeadConfig) -> None:
+        super().__init__()
+        dim = cfg.embed_dim
+        self.embed_convs = nn.ModuleList()
+        self.embed_norms = nn.ModuleList()
+        for layer in range(cfg.embed_layers):
+            in_dim = cfg.input_dim if layer == 0 else dim
+            self.embed_convs.append(MaskedConv1d(in_dim, dim, cfg.embed_kernel_size, bias=False))
+            self.embed_norms.append(LayerNorm1d(dim))
+        if cfg.embed_layers == 0 and cfg.input_dim != dim:
+            raise ValueError(f"HeadConfig: embed_layers = 0 needs input_dim == embed_dim, got {cfg.input_dim} and {dim}")
+
+        def block(stride: int) -> TransformerBlock:
+            return TransformerBlock(
+                dim,
+                cfg.num_heads,
+                cfg.window_size,
+                stride=stride,
+                mlp_ratio=cfg.mlp_ratio,
+                dropout=cfg.dropout,
+                drop_path=cfg.drop_path,
+                layer_scale_init=cfg.layer_scale_init,
+            )
+
+        self.stem = nn.ModuleList(block(1) for _ in range(cfg.stem_layers))
+        self.branch = nn.ModuleList(block(2) for _ in range(cfg.branch_layers))
+        self.level_norms = nn.ModuleList(LayerNorm1d(dim) for _ in range(cfg.num_levels))
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        # x: [B, C_in, T], mask: [B, T] -> per level [B, D, T_l], [B, T_l]
+        # Whatever the padding holds, it must read as zero, like a conv's own padding.
+        x = x * mask[:, None, :].to(x.dtype)
+        for conv, norm in zip(self.embed_convs, self.embed_norms):
+            x, _ = conv(x, mask)
+            x = F.relu(norm(x)) * mask[:, None, :].to(x.dtype)
+        for blk in self.stem:
+            x, mask = blk(x, mask)
+        feats, masks = [x], [mask]
+        for blk in self.branch:
+            x, mask = blk(x, mask)
+            feats.append(x)
+            masks.append(mask)
+        feats = [norm(f) * m[:, None, :].to(f.dtype) for norm, f, m in zip(self.level_norms, feats, masks)]
+        return feats, masks
+
+
+class PredictionTower(nn.Module):
+    """(layers - 1) x [conv + LayerNorm + ReLU], then a conv to `out_dim`; shared by all levels."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, layers: int, kernel_size: int) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        for layer in range(layers - 1):
+            self.convs.append(MaskedConv1d(in_dim if layer == 0 else hidden_dim, hidden_dim, kernel_size, bias=False))
+            self.norms.append(LayerNorm1d(hidden_dim))
+        self.out = MaskedConv1d(hidden_dim if layers > 1 else in_dim, out_dim, kernel_size)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        # x: [B, D, T_l], mask: [B, T_l] -> [B, out_dim, T_l]
+        for conv, norm in zip(self.convs, self.norms):
+            x, _ = conv(x, mask)
+            x = F.relu(norm(x)) * mask[:, None, :].to(x.dtype)
+        return self.out(x, mask)[0]
+
+
+class ActionFormerHead(nn.Module):
+    def __init__(self, cfg: HeadConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = PyramidEncoder(cfg)
+        self.cls_tower = PredictionTower(cfg.embed_dim, cfg.head_dim, cfg.num_classes, cfg.head_layers, cfg.head_kernel_size)
+        self.reg_tower = PredictionTower(cfg.embed_dim, cfg.head_dim, 2, cfg.head_layers, cfg.head_kernel_size)
+        self.reg_scales = nn.ModuleList(Scale() for _ in range(cfg.num_levels))
+        # Running estimate of the number of positive points per batch, which normalises
+        # both losses. A buffer, so a resumed run continues with the same normaliser.
+        self.register_buffer("loss_norm", torch.tensor(float(cfg.loss_norm_init)))
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv1d) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        # Start every class at probability prior_prob: with ~all points negative, a 0.5
+        # start would make the first steps' focal loss huge and unstable (RetinaNet).
+        nn.init.constant_(self.cls_tower.out.conv.bias, -math.log((1 - self.cfg.prior_prob) / self.cfg.prior_prob))
+
+    def forward(self, features: Tensor, mask: Tensor) -> HeadOutput:
+        # features: [B, C_in, T] in feature steps, mask: [B, T] bool (True = valid)
+        cfg = self.cfg
+        if features.ndim != 3 or features.shape[1] != cfg.input_dim:
+            raise ValueError(f"ActionFormerHead: features must be [B, {cfg.input_dim}, T], got shape {tuple(features.shape)}")
+        if mask.shape != (features.shape[0], features.shape[2]) or mask.dtype != torch.bool:
+            raise ValueError(
+                f"ActionFormerHead: mask must be bool [B, T] = {[features.shape[0], features.shape[2]]}, "
+                f"got {mask.dtype} {list(mask.shape)}"
+            )
+        feats, masks = self.encoder(features, mask)  # per level [B, D, T_l], [B, T_l]
+        cls_logits, offsets = [], []
+        for level, (x, m) in enumerate(zip(feats, masks)):
+            cls_logits.append(self.cls_tower(x, m).transpose(1, 2))  # [B, T_l, K]
+            offsets.append(F.relu(self.reg_scales[level](self.reg_tower(x, m))).transpose(1, 2))  # [B, T_l, 2]
+        lengths = [m.shape[1] for m in masks]
+        points = make_points(lengths, cfg.strides, cfg.regression_ranges, device=features.device).split(lengths)
+        return HeadOutput(cls_logits=cls_logits, offsets=offsets, masks=masks, points=list(points))
+
+    def loss(
+        self,
+        out: HeadOutput,
+        gt_segments: list[Tensor],  # per video [N_i, 2] (start, end) in feature steps
+        gt_labels: list[Tensor],  # per video [N_i] long
+    ) -> dict[str, Tensor]:
+        """Focal loss over every valid point and class plus DIoU loss over the positive
+        points, both summed and divided by the running mean of the number of positives
+        (updated in training mode only). Keys: "cls", "reg", "loss" (the weighted sum)."""
+        cfg = self.cfg
+        logits = torch.cat(out.cls_logits, dim=1).float()  # [B, P, K]
+        offsets = torch.cat(out.offsets, dim=1).float()  # [B, P, 2]
+        valid = torch.cat(out.masks, dim=1)  # [B, P]
+        points = torch.cat(out.points, dim=0)  # [P, 4]
+        batch = logits.shape[0]
+        if len(gt_segments) != batch or len(gt_labels) != batch:
+            raise ValueError(
+                f"ActionFormerHead.loss: one gt_segments and gt_labels entry per video expected "
+                f"({batch}), got {len(gt_segments)} and {len(gt_labels)}"
+            )
+        cls_targets, reg_targets = [], []
+        for segments, labels in zip(gt_segments, gt_labels):
+            if segments.ndim != 2 or segments.shape[1] != 2:
+                raise ValueError(f"ActionFormerHead.loss: gt_segments entries must be [N, 2], got {tuple(segments.shape)}")
+            c, r = assign_targets(
+                points,
+                segments.to(points.device),
+                labels.to(points.device),
+                cfg.num_classes,
+                cfg.center_sample,
+                cfg.center_sample_radius,
+            )
+            cls_targets.append(c)
+            reg_targets.append(r)
+        cls_target = torch.stack(cls_targets)  # [B, P, K]
+        reg_target = torch.stack(reg_targets)  # [B, P, 2]
+        positive = valid & (cls_target.sum(dim=-1) > 0)  # [B, P]
+
+        if self.training:
+            num_positive = positive.sum().clamp(min=1).to(self.loss_norm.dtype)
+            self.loss_norm.mul_(cfg.loss_norm_momentum).add_((1 - cfg.loss_norm_momentum) * num_positive)
+        norm = self.loss_norm.detach()
+
+        cls_target = cls_target * (1 - cfg.label_smoothing) + cfg.label_smoothing / (cfg.num_classes + 1)
+        cls_loss = sigmoid_focal_loss(logits[valid], cls_target[valid], cfg.focal_alpha, cfg.focal_gamma).sum() / norm
+        # The zero term keeps the regression branch in the graph when a batch has no
+        # positive, so every parameter still gets a (zero) gradient, as DDP requires.
+        reg_loss = diou_loss_1d(offsets[positive], reg_target[positive]).sum() / norm + 0.0 * offsets.sum()
+        return {"cls": cls_loss, "reg": reg_loss, "loss": cls_loss + cfg.reg_loss_weight * reg_loss}
+
+    @torch.no_grad()
+    def predict(
+        self,
+        out: HeadOutput,
+        durations_feat: list[float] | None = None,  # per video, valid length in feature steps
+    ) -> list[tuple[Tensor, Tensor, Tensor]]:  # per video: segments [M, 2] (feature steps), scores [M], labels [M]
+        """Decode every level's points to scored segments and post-process them per video.
+
+        Per level, as ActionFormer: every (point, class) with sigmoid probability >=
+        postprocess.pre_nms_threshold, at most postprocess.pre_nms_topk of them, decoded
+        as (t - left * stride, t + right * stride); segments not longer than
+        cfg.min_segment_length are dropped. The levels' candidates then go through
+        e2etal.postprocess (clipped to [0, durations_feat[i]] when given). Results come
+        best score first."""
+        cfg = self.cfg
+        pp = cfg.postprocess
+        batch = out.cls_logits[0].shape[0]
+        if durations_feat is not None and len(durations_feat) != batch:
+            raise ValueError(f"ActionFormerHead.predict: {batch} durations expected, got {len(durations_feat)}")
+        results = []
+        for b in range(batch):
+            segments, scores, labels = [], [], []
+            for logits, offsets, mask, points in zip(out.cls_logits, out.offsets, out.masks, out.points):
+                prob = torch.sigmoid(logits[b].float()).masked_fill(~mask[b, :, None], -1.0).flatten()  # [T_l * K]
+                candidates = torch.nonzero(prob >= pp.pre_nms_threshold).squeeze(1)  # [M_l]
+                score, order = prob[candidates].sort(descending=True, stable=True)
+                score, candidates = score[: pp.pre_nms_topk], candidates[order[: pp.pre_nms_topk]]
+                point = points[candidates // cfg.num_classes]  # [M_l, 4]
+                offset = offsets[b, candidates // cfg.num_classes].float()  # [M_l, 2]
+                segment = torch.stack(
+                    [point[:, 0] - offset[:, 0] * point[:, 3], point[:, 0] + offset[:, 1] * point[:, 3]], dim=1
+                )  # [M_l, 2]
+                keep = (segment[:, 1] - segment[:, 0]) > cfg.min_segment_length
+                segments.append(segment[keep])
+                scores.append(score[keep])
+                labels.append((candidates % cfg.num_classes)[keep])
+            duration = None if durations_feat is None else float(durations_feat[b])
+            results.append(postprocess(torch.cat(segments), torch.cat(scores), torch.cat(labels), pp, duration_s=duration))
+        return results
+
+
+def build_head(cfg: HeadConfig) -> ActionFormerHead:
+    return ActionFormerHead(cfg)

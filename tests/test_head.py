@@ -1,0 +1,258 @@
+"""The ActionFormer-style head: local attention, padding, shapes, gradients, decoding, and
+a tiny model that must learn one synthetic sequence."""
+
+import math
+
+import pytest
+import torch
+
+from e2etal.config import from_dict
+from e2etal.geometry import pairwise_tiou
+from e2etal.heads import HeadConfig, HeadOutput, build_head, padded_length
+from e2etal.heads.targets import make_points
+from e2etal.heads.transformer import local_attention
+from e2etal.postprocess import PostprocessConfig
+
+
+def tiny_config(**overrides) -> HeadConfig:
+    values = dict(
+        input_dim=16,
+        embed_dim=32,
+        head_dim=32,
+        num_classes=2,
+        num_heads=4,
+        branch_layers=2,  # 3 levels, strides 1, 2, 4
+        window_size=5,
+        regression_ranges=((0, 4), (4, 8), (8, 10000)),
+        max_seq_len=64,
+    )
+    values.update(overrides)
+    return HeadConfig(**values)
+
+
+def dense_band_attention(q, k, v, mask, window_size):
+    """Reference: full softmax attention over the valid keys with |i - j| <= w // 2."""
+    t = q.shape[2]
+    idx = torch.arange(t)
+    allowed = ((idx[:, None] - idx[None, :]).abs() <= window_size // 2)[None] & mask[:, None, :]  # [B, T, T]
+    allowed |= ~mask[:, :, None]  # padded queries: any finite row will do, it is never read
+    logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # [B, H, T, T]
+    logits = logits.masked_fill(~allowed[:, None], float("-inf"))
+    return torch.softmax(logits, dim=-1) @ v
+
+
+@pytest.mark.parametrize("t, window, block", [(37, 5, None), (37, 5, 4), (37, 7, 16), (12, 19, None), (64, 3, 64)])
+def test_local_attention_equals_dense_band_attention(t, window, block):
+    g = torch.Generator().manual_seed(t + window)
+    b, h, d = 2, 3, 8
+    q, k, v = (torch.randn(b, h, t, d, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = torch.ones(b, t, dtype=torch.bool)
+    mask[0, t - 9 :] = False  # trailing padding
+    mask[1, 3] = mask[1, 4] = False  # holes: padded keys inside the sequence
+    got = local_attention(q, k, v, mask, window, block_size=block)
+    want = dense_band_attention(q, k, v, mask, window)
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got[mask[:, None, :].expand(b, h, t)], want[mask[:, None, :].expand(b, h, t)], atol=1e-10)
+    # Gradients agree too, through the valid outputs.
+    weight = torch.randn(b, h, t, d, generator=g, dtype=torch.float64) * mask[:, None, :, None]
+    grads_got = torch.autograd.grad((got * weight).sum(), (q, k, v))
+    grads_want = torch.autograd.grad((want * weight).sum(), (q, k, v))
+    for a, w in zip(grads_got, grads_want):
+        assert torch.allclose(a, w, atol=1e-10)
+
+
+def test_config_defaults_and_validation():
+    cfg = HeadConfig()
+    assert cfg.num_levels == 6 and cfg.strides == (1, 2, 4, 8, 16, 32)
+    assert cfg.max_seq_len % cfg.max_stride == 0
+    with pytest.raises(ValueError, match="one \\(low, high\\) pair per pyramid level"):
+        HeadConfig(branch_layers=2)
+    with pytest.raises(ValueError, match="window_size: expected a positive odd integer"):
+        tiny_config(window_size=4)
+    with pytest.raises(ValueError, match="embed_dim: expected a multiple of num_heads"):
+        tiny_config(embed_dim=30)
+    # Through the project's config loader (lists from YAML become tuples).
+    cfg = from_dict(HeadConfig, {"branch_layers": 1, "regression_ranges": [[0, 8], [8, 1000]], "postprocess": {"method": "hard"}})
+    assert cfg.regression_ranges == ((0.0, 8.0), (8.0, 1000.0)) and cfg.postprocess.method == "hard"
+    with pytest.raises(ValueError, match="regression_ranges"):
+        from_dict(HeadConfig, {"regression_ranges": [[0, 8]]})
+
+
+def test_padded_length():
+    cfg = tiny_config()  # largest stride 4
+    assert [padded_length(t, cfg) for t in (1, 4, 5, 37, 64)] == [4, 4, 8, 40, 64]
+    assert padded_length(2000, HeadConfig()) == 2016
+
+
+def test_forward_shapes():
+    cfg = tiny_config()
+    model = build_head(cfg).eval()
+    x = torch.randn(2, 16, 64)
+    mask = torch.ones(2, 64, dtype=torch.bool)
+    mask[1, 50:] = False
+    out = model(x, mask)
+    assert isinstance(out, HeadOutput)
+    for level, (stride, length) in enumerate(zip((1, 2, 4), (64, 32, 16))):
+        assert out.cls_logits[level].shape == (2, length, 2)
+        assert out.offsets[level].shape == (2, length, 2)
+        assert (out.offsets[level] >= 0).all()
+        assert out.masks[level].shape == (2, length) and out.masks[level].dtype == torch.bool
+        assert out.points[level].shape == (length, 4)
+        assert torch.equal(out.points[level][:, 0], torch.arange(length, dtype=torch.float32) * stride)
+        assert torch.all(out.points[level][:, 3] == stride)
+    assert out.masks[1][1].sum() == 25 and out.masks[2][1].sum() == 13  # steps 0, 2, .., 48 and 0, 4, .., 48
+    with pytest.raises(ValueError, match=r"features must be \[B, 16, T\]"):
+        model(torch.randn(2, 8, 64), mask)
+
+
+def test_padding_does_not_change_valid_outputs():
+    cfg = tiny_config()  # drop path and dropout are inactive in eval mode
+    torch.manual_seed(0)
+    model = build_head(cfg).eval()
+    x = torch.randn(1, 16, 37)
+    alone = model(x, torch.ones(1, 37, dtype=torch.bool))
+    # Garbage (not zeros) in the padding, and a second video in the batch.
+    padded = torch.cat([x, 100 * torch.randn(1, 16, 27)], dim=2)
+    other = torch.randn(1, 16, 64)
+    mask = torch.zeros(2, 64, dtype=torch.bool)
+    mask[0, :37] = True
+    mask[1] = True
+    batched = model(torch.cat([padded, other]), mask)
+    for level, stride in enumerate((1, 2, 4)):
+        n = math.ceil(37 / stride)
+        assert alone.cls_logits[level].shape[1] == n
+        assert torch.allclose(batched.cls_logits[level][0, :n], alone.cls_logits[level][0], atol=1e-5)
+        assert torch.allclose(batched.offsets[level][0, :n], alone.offsets[level][0], atol=1e-5)
+        assert torch.equal(batched.masks[level][0, :n], alone.masks[level][0])
+        assert not batched.masks[level][0, n:].any()
+
+
+def test_backward_gives_finite_gradients_everywhere():
+    cfg = tiny_config()  # drop path 0.1 and dropout active
+    torch.manual_seed(0)
+    model = build_head(cfg).train()
+    x = torch.randn(2, 16, 64)
+    mask = torch.ones(2, 64, dtype=torch.bool)
+    mask[1, 40:] = False
+    losses = model.loss(
+        model(x, mask),
+        [torch.tensor([[5.0, 12.0], [20.0, 50.0]]), torch.zeros(0, 2)],
+        [torch.tensor([0, 1]), torch.zeros(0, dtype=torch.long)],
+    )
+    assert set(losses) == {"cls", "reg", "loss"}
+    assert torch.allclose(losses["loss"], losses["cls"] + cfg.reg_loss_weight * losses["reg"])
+    assert losses["reg"] > 0
+    losses["loss"].backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+
+
+def test_loss_normaliser_is_an_ema_buffer():
+    cfg = tiny_config()
+    model = build_head(cfg)
+    assert "loss_norm" in model.state_dict() and model.loss_norm.item() == 100.0
+    x, mask = torch.randn(1, 16, 64), torch.ones(1, 64, dtype=torch.bool)
+    gt, label = [torch.tensor([[10.0, 16.0]])], [torch.tensor([1])]  # 5 positive points (see targets tests)
+    model.train()
+    model.loss(model(x, mask), gt, label)
+    assert model.loss_norm.item() == pytest.approx(0.9 * 100 + 0.1 * 5)
+    model.eval()
+    model.loss(model(x, mask), gt, label)  # validation losses leave it alone
+    assert model.loss_norm.item() == pytest.approx(90.5)
+    restored = build_head(cfg)
+    restored.load_state_dict(model.state_dict())
+    assert restored.loss_norm.item() == pytest.approx(90.5)
+
+
+def test_classification_starts_at_prior_probability():
+    cfg = tiny_config(num_classes=5)
+    torch.manual_seed(0)
+    model = build_head(cfg).eval()
+    with torch.no_grad():
+        out = model(torch.randn(4, 16, 64), torch.ones(4, 64, dtype=torch.bool))
+    prob = torch.sigmoid(torch.cat(out.cls_logits, dim=1))
+    assert prob.mean().item() == pytest.approx(cfg.prior_prob, rel=0.5)
+    assert prob.max().item() < 0.1
+
+
+def test_predict_decodes_to_feature_steps_by_descending_score():
+    cfg = tiny_config(postprocess=PostprocessConfig(voting_iou=None))
+    model = build_head(cfg)
+    lengths = [64, 32, 16]
+    points = list(make_points(lengths, cfg.strides, cfg.regression_ranges).split(lengths))
+    logits = [torch.full((1, n, 2), -20.0) for n in lengths]
+    offsets = [torch.zeros(1, n, 2) for n in lengths]
+    masks = [torch.ones(1, n, dtype=torch.bool) for n in lengths]
+    logits[1][0, 10, 1] = 2.0  # stride 2, position 20, class 1
+    offsets[1][0, 10] = torch.tensor([3.0, 2.0])  # -> (20 - 6, 20 + 4)
+    logits[0][0, 40, 0] = 0.0  # stride 1, position 40, class 0
+    offsets[0][0, 40] = torch.tensor([1.0, 1.5])  # -> (39, 41.5)
+    logits[2][0, 15, 0] = 5.0  # stride 4, position 60, but padding: never a detection
+    masks[2][0, 15] = False
+    out = HeadOutput(cls_logits=logits, offsets=offsets, masks=masks, points=points)
+
+    [(segments, scores, labels)] = model.predict(out)
+    assert segments.tolist() == [[14.0, 24.0], [39.0, 41.5]]
+    assert scores.tolist() == pytest.approx([torch.sigmoid(torch.tensor(2.0)).item(), 0.5])
+    assert labels.tolist() == [1, 0]
+    # Clipped to the video's length, in the same feature steps.
+    [(segments, _, _)] = model.predict(out, durations_feat=[40.0])
+    assert segments.tolist() == [[14.0, 24.0], [39.0, 40.0]]
+
+
+def test_predict_on_model_outputs_is_sorted():
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model = build_head(cfg).eval()
+    mask = torch.ones(2, 64, dtype=torch.bool)
+    mask[1, 30:] = False
+    results = model.predict(model(torch.randn(2, 16, 64), mask), durations_feat=[64.0, 30.0])
+    assert len(results) == 2
+    for (segments, scores, labels), duration in zip(results, (64.0, 30.0)):
+        assert segments.shape[1] == 2 and scores.shape == labels.shape == segments.shape[:1]
+        assert segments.shape[0] > 0
+        assert torch.all(scores[:-1] >= scores[1:])
+        assert segments.min() >= 0 and segments.max() <= duration
+        assert torch.all(segments[:, 1] > segments[:, 0])
+
+
+def recovered(model, x, mask, gt_segments, gt_labels) -> bool:
+    """Whether each ground truth's class has its top detection at tIoU > 0.5 with it."""
+    model.eval()
+    [(segments, scores, labels)] = model.predict(model(x, mask), durations_feat=[float(x.shape[2])])
+    for gt, label in zip(gt_segments, gt_labels):
+        mine = segments[labels == label]  # sorted: the first is the class's best
+        if len(mine) == 0 or pairwise_tiou(mine[:1], gt[None]).item() <= 0.5:
+            return False
+    return True
+
+
+def test_tiny_model_learns_one_sequence():
+    torch.manual_seed(0)
+    t, dim = 64, 16
+    gt_segments = torch.tensor([[8.0, 20.0], [34.0, 54.0]])
+    gt_labels = torch.tensor([0, 1])
+    patterns = torch.randn(2, dim)  # one feature pattern per class, buried in noise
+    x = 0.5 * torch.randn(1, dim, t)
+    for (s, e), c in zip(gt_segments.long().tolist(), gt_labels.tolist()):
+        x[0, :, s:e] += patterns[c][:, None]
+    mask = torch.ones(1, t, dtype=torch.bool)
+
+    cfg = tiny_config(drop_path=0.0, dropout=0.0, layer_scale_init=None)
+    model = build_head(cfg)
+    assert not recovered(model, x, mask, gt_segments, gt_labels)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    # Ops this small run ~10x faster on one thread than on two busy shared cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(100):
+            model.train()
+            loss = model.loss(model(x, mask), [gt_segments], [gt_labels])["loss"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    assert recovered(model, x, mask, gt_segments, gt_labels)
