@@ -28,9 +28,15 @@ from e2etal.data.features import (
     feature_grid,
     load_feature_file,
 )
+from e2etal.adapters.frozen import FrozenBackbone, _compute_dtype
+from e2etal.adapters.losa import LoSAAdapters, LoSAConfig
+from e2etal.adapters.tap_cache import TapCache
 from e2etal.data.predictions import Detections
-from e2etal.detector import FeatureDetector, VideoDetections, as_detections
+from e2etal.data.windows import VideoDataConfig, VideoWindows, collate_windows
+from e2etal.detector import FeatureDetector, VideoDetections, VideoDetector, as_detections, merge_windows
+from e2etal.extract import build_backbone, module_sha256
 from e2etal.engine import Trainer, TrainConfig, TrainResult, load_checkpoint
+from e2etal.engine.checkpoint import load_weights
 from e2etal.engine.trainer import resolve_device
 from e2etal.heads import HeadConfig, build_head
 from e2etal.metrics import THUMOS14_TIOU, DetectionResult, evaluate_detections
@@ -46,13 +52,51 @@ class EvalConfig:
 
 
 @dataclass
+class BackboneConfig:
+    name: str = "vit-b"  # a preset of e2etal.extract.BACKBONES
+    checkpoint: str | None = None  # official VideoMAE/VideoMAEv2 (or HF) weights; None = random
+    kwargs: dict = field(default_factory=dict)  # constructor overrides, e.g. a small ViT's depth
+    micro_batch: int = 8  # clips per frozen forward
+    dtype: str = "auto"  # frozen pass: "auto" = bf16 on CUDA, fp32 on CPU; or "bf16", "fp32"
+
+    def torch_dtype(self) -> torch.dtype | None:
+        return {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}[self.dtype]
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"backbone.dtype: expected auto, bf16 or fp32, got {self.dtype!r}")
+
+
+METHODS = ("features", "losa", "frozen")
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     out_dir: str = "runs/experiment"
+    # "features": the head on pre-extracted features (`data`); "losa": LoSA adapters beside
+    # a frozen backbone on raw video (`video`, `backbone`, `losa`); "frozen": head-only
+    # transfer on the frozen backbone's last layer, same pipeline without adapters.
+    method: str = "features"
     data: FeatureDataConfig = field(default_factory=FeatureDataConfig)
+    video: VideoDataConfig = field(default_factory=VideoDataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    losa: LoSAConfig = field(default_factory=LoSAConfig)
     model: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method: expected one of {METHODS}, got {self.method!r}")
+
+    @property
+    def annotations(self) -> str:
+        return self.video.annotations if self.method != "features" else self.data.annotations
+
+    @property
+    def val_subset(self) -> str:
+        return self.video.val_subset if self.method != "features" else self.data.val_subset
 
 
 def experiment_config(config_or_checkpoint: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
@@ -73,28 +117,73 @@ def _check_model_fits_data(cfg: ExperimentConfig, feature_dim: int, classes: Cla
         raise ValueError(f"model.num_classes is {cfg.model.num_classes} but {cfg.data.annotations} has {len(classes)} classes")
 
 
-def build_detector(cfg: ExperimentConfig) -> FeatureDetector:
-    return FeatureDetector(build_head(cfg.model))
+def build_detector(cfg: ExperimentConfig):
+    """The detector a config describes; for video methods the frozen backbone is built and
+    its weights loaded from `backbone.checkpoint`."""
+    if cfg.method == "features":
+        return FeatureDetector(build_head(cfg.model))
+    vit = build_backbone(cfg.backbone.name, cfg.backbone.checkpoint, **cfg.backbone.kwargs).module
+    taps = cfg.losa.tap_layers(vit.depth) if cfg.method == "losa" else (vit.depth,)
+    frozen = FrozenBackbone(vit, taps=taps, grid=cfg.losa.grid, micro_batch=cfg.backbone.micro_batch,
+                            dtype=cfg.backbone.torch_dtype())
+    if cfg.model.input_dim != frozen.width:
+        raise ValueError(f"model.input_dim is {cfg.model.input_dim} but backbone {cfg.backbone.name} has width {frozen.width}")
+    positions = cfg.video.frames_per_window // vit.tubelet_size
+    if cfg.model.max_seq_len < positions:
+        raise ValueError(f"model.max_seq_len {cfg.model.max_seq_len} is shorter than the {positions} positions of a window")
+    adapters = LoSAAdapters(frozen.width, len(taps), cfg.losa) if cfg.method == "losa" else None
+    return VideoDetector(frozen, build_head(cfg.model), adapters)
 
 
 def _collate(cfg: ExperimentConfig, training: bool):
+    if cfg.method != "features":
+        return partial(collate_windows, pad_multiple=cfg.model.max_stride)
     pad_to = cfg.data.max_seq_len if training else None
     return partial(collate_features, pad_multiple=cfg.model.max_stride, pad_to=pad_to)
 
 
+def tap_cache_for(cfg: ExperimentConfig, detector: VideoDetector, device: torch.device) -> TapCache | None:
+    """The tap cache of a video experiment, when `video.tap_cache` is set and augmentation is off."""
+    if cfg.method == "features" or not cfg.video.tap_cache:
+        return None
+    frozen = detector.backbone
+    compute = _compute_dtype(device, frozen.dtype)
+    settings = {
+        "backbone": cfg.backbone.name, "kwargs": cfg.backbone.kwargs, "weights_sha256": module_sha256(frozen.backbone),
+        "taps": list(frozen.taps), "grid": frozen.grid, "fps": cfg.video.fps, "size": cfg.video.size,
+        "clip_frames": cfg.video.clip_frames, "resize_frames": cfg.video.resize_frames, "dtype": str(compute),
+    }
+    return TapCache(cfg.video.tap_cache, settings, store_dtype=compute)
+
+
+def build_datasets(cfg: ExperimentConfig, annotations, classes, detector, device, subsets: tuple[str, ...], training: bool):
+    """Datasets of the given subsets for the config's method (filling the tap cache first)."""
+    if cfg.method == "features":
+        return [FeatureDataset(cfg.data, annotations, s, classes, training=training, seed=cfg.train.seed) for s in subsets]
+    tubelet = detector.backbone.backbone.tubelet_size
+    cache = tap_cache_for(cfg, detector, device)
+    sets = [VideoWindows(cfg.video, annotations, s, classes, training=training, tubelet=tubelet, seed=cfg.train.seed,
+                         tap_cache=cache) for s in subsets]
+    if cache is not None:
+        detector.backbone.to(device)
+        for ds in sets:
+            cache.fill(ds, detector.backbone, progress=cfg.train.progress)
+    return sets
+
+
 @torch.no_grad()
 def run_detection(detector, dataset, collate, batch_size: int, device: torch.device, progress: bool = True) -> list[VideoDetections]:
-    """Detections for every video of `dataset`, in seconds."""
+    """Detections for every video of `dataset`, in seconds (windows of a video merged)."""
     detector.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     out: list[VideoDetections] = []
     for batch in tqdm(loader, desc="detect", leave=False, disable=not progress, unit="batch"):
         out.extend(detector.detect(batch.to(device)))
-    return out
+    return merge_windows(out, detector.head.cfg.postprocess)
 
 
-def _evaluator(cfg: ExperimentConfig, val_set: FeatureDataset, annotations, device):
-    ground_truth = annotations.subset(cfg.data.val_subset)
+def _evaluator(cfg: ExperimentConfig, val_set, annotations, device):
+    ground_truth = annotations.subset(cfg.val_subset)
     collate = _collate(cfg, training=False)
 
     def evaluate(model) -> dict:
@@ -110,14 +199,15 @@ def _evaluator(cfg: ExperimentConfig, val_set: FeatureDataset, annotations, devi
 def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> TrainResult:
     """Train the head on pre-extracted features; checkpoints go to `cfg.out_dir`."""
     torch.manual_seed(cfg.train.seed)
-    annotations = load_annotations(cfg.data.annotations)
+    annotations = load_annotations(cfg.annotations)
     classes = annotations.classes
-    train_set = FeatureDataset(cfg.data, annotations, cfg.data.train_subset, classes, training=True, seed=cfg.train.seed)
-    val_set = FeatureDataset(cfg.data, annotations, cfg.data.val_subset, classes, training=False)
-    _check_model_fits_data(cfg, train_set.feature_dim, classes)
-    log.info("%d training and %d validation videos, %d classes", len(train_set), len(val_set), len(classes))
-    detector = build_detector(cfg)
     device = resolve_device(cfg.train.device)
+    detector = build_detector(cfg)
+    train_subset = cfg.data.train_subset if cfg.method == "features" else cfg.video.train_subset
+    (train_set,) = build_datasets(cfg, annotations, classes, detector, device, (train_subset,), training=True)
+    (val_set,) = build_datasets(cfg, annotations, classes, detector, device, (cfg.val_subset,), training=False)
+    _check_model_fits_data(cfg, getattr(train_set, "feature_dim", cfg.model.input_dim), classes)
+    log.info("%d training and %d validation videos, %d classes", len(train_set), len(val_set), len(classes))
     trainer = Trainer(
         detector,
         train_set,
@@ -131,12 +221,12 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> TrainResul
     return trainer.fit(resume=resume)
 
 
-def load_detector(checkpoint: str | Path, device: str = "auto") -> tuple[FeatureDetector, ExperimentConfig, ClassMap]:
+def load_detector(checkpoint: str | Path, device: str = "auto") -> tuple[FeatureDetector | VideoDetector, ExperimentConfig, ClassMap]:
     """A trained detector (EMA weights when present) with its config and class map."""
     ckpt = load_checkpoint(checkpoint, with_state=False)
     cfg = from_dict(ExperimentConfig, ckpt.config, str(ckpt.path / "config.yaml"))
     detector = build_detector(cfg)
-    detector.load_state_dict(ckpt.inference_weights)
+    load_weights(detector, ckpt.inference_weights, ckpt.path)
     return detector.to(resolve_device(device)).eval(), cfg, ckpt.classes
 
 
@@ -153,11 +243,11 @@ def evaluate_checkpoint(
     settings; the model is always the checkpoint's."""
     detector, ckpt_cfg, classes = load_detector(checkpoint, device)
     cfg = cfg or ckpt_cfg
-    annotations = load_annotations(cfg.data.annotations)
-    subset = subset or cfg.data.val_subset
-    dataset = FeatureDataset(cfg.data, annotations, subset, classes, training=False)
-    videos = run_detection(detector, dataset, _collate(ckpt_cfg, training=False), cfg.eval.batch_size,
-                           next(detector.parameters()).device, progress)
+    annotations = load_annotations(cfg.annotations)
+    subset = subset or cfg.val_subset
+    device_ = next(detector.parameters()).device
+    (dataset,) = build_datasets(cfg, annotations, classes, detector, device_, (subset,), training=False)
+    videos = run_detection(detector, dataset, _collate(ckpt_cfg, training=False), cfg.eval.batch_size, device_, progress)
     detections = as_detections(videos, classes)
     result = evaluate_detections(annotations.subset(subset), detections, cfg.eval.tiou, cfg.eval.keep_duplicates)
     return result, detections

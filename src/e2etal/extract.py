@@ -187,7 +187,7 @@ def _load_checkpoint(backbone: Backbone, checkpoint: str | os.PathLike) -> None:
     backbone.checkpoint_sha256 = file_sha256(path)
 
 
-def _module_sha256(module: nn.Module) -> str:
+def module_sha256(module: nn.Module) -> str:
     """SHA-256 of a state dict (names, dtypes, shapes, bytes): identifies in-memory weights."""
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
@@ -646,7 +646,7 @@ def extract_features(
         if checkpoint is not None:
             _load_checkpoint(chosen, checkpoint)
         else:
-            weights_sha256 = _module_sha256(chosen.module)
+            weights_sha256 = module_sha256(chosen.module)
     runner = _Runner(chosen.module, cfg)
     settings = _settings(chosen, weights_sha256, cfg, runner)
 

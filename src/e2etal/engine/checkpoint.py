@@ -49,6 +49,20 @@ class Checkpoint:
         return self.ema if self.ema is not None else self.model
 
 
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load trained weights; keys under the model's `frozen_prefixes` (a frozen backbone,
+    loaded from its own checkpoint) are expected to be absent. Anything else missing or
+    unexpected is an error naming the checkpoint and the keys."""
+    frozen = tuple(getattr(model, "frozen_prefixes", ()))
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not (frozen and k.startswith(frozen))]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"{source}: weights do not fit the model built from its config: "
+            f"missing {missing[:10]} ({len(missing)}), unexpected {result.unexpected_keys[:10]} ({len(result.unexpected_keys)})"
+        )
+
+
 def _tensors(module_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in module_state.items()}
 

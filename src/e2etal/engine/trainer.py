@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from e2etal import io
 from e2etal.data.annotations import ClassMap
-from e2etal.engine.checkpoint import load_checkpoint, save_checkpoint
-from e2etal.engine.ema import ModelEMA
+from e2etal.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from e2etal.engine.ema import ModelEMA, trainable_state
 from e2etal.engine.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class Trainer:
     def save(self, name: str) -> Path:
         return save_checkpoint(
             self.out_dir / name,
-            self.model.state_dict(),
+            trainable_state(self.model),
             self.config_dict,
             self.classes,
             ema_state=self.ema.state_dict() if self.ema is not None else None,
@@ -167,7 +167,7 @@ class Trainer:
         ckpt = load_checkpoint(path)
         if ckpt.state is None:
             raise ValueError(f"{ckpt.path}: has no training state to resume from")
-        self.model.load_state_dict(ckpt.model)
+        load_weights(self.model, ckpt.model, ckpt.path)
         if self.ema is not None:
             if ckpt.ema is None:
                 raise ValueError(f"{ckpt.path}: has no EMA weights but train.ema_decay is set")
@@ -226,8 +226,11 @@ class Trainer:
             bar.set_postfix(loss=f"{sums['loss'] / count:.3f}")
         return {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
 
-    def eval_model(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.model
+    def _evaluate(self) -> dict:
+        if self.ema is None:
+            return self.evaluate(self.model)
+        with self.ema.applied(self.model):
+            return self.evaluate(self.model)
 
     def fit(self, resume: str | Path | None = None) -> TrainResult:
         start = time.perf_counter()
@@ -246,7 +249,7 @@ class Trainer:
             last = self.epoch == self.cfg.epochs
             every = self.cfg.eval_every
             if self.evaluate is not None and (last or (every and self.epoch % every == 0)):
-                metrics = self.evaluate(self.eval_model())
+                metrics = self._evaluate()
                 row.update(metrics)
                 score = metrics.get("average_mAP")
                 if score is not None and (self.best_metric is None or score > self.best_metric):

@@ -1,0 +1,318 @@
+"""Raw-video windows for end-to-end training (LoSA and frozen-backbone baselines).
+
+A video is decoded at `fps` and resized to `size x size`; a window of `window_frames`
+frames is cut into clips of `clip_frames` frames, and the backbone turns each clip into
+`clip_frames / tubelet` temporal positions. Position j of a window that starts at frame
+s covers frames [s + t*j, s + t*(j+1)) (t = tubelet), so its centre is at
+`(s + t*j + t/2) / fps` seconds: the window's time grid has `step_s = t / fps` and
+`offset_s = (s + t/2) / fps`.
+
+Two layouts:
+* windows (THUMOS-14 style, `window_frames` set): training takes one random window per
+  video and epoch (starting on a clip boundary, keeping where possible an action with at
+  least `crop_keep_ratio` of its length inside); evaluation slides windows with
+  `eval_stride_frames` and merges their detections per video;
+* whole video resampled (ActivityNet style, `resize_frames` set): `resize_frames` frames
+  evenly spaced over the duration, one window per video.
+
+Window starts are multiples of `clip_frames`, so a window's clips are exactly clips of the
+whole video: pooled taps cached per video (`e2etal.adapters.tap_cache`) slice into the
+same values a window would compute.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from e2etal.data.annotations import Annotations, ClassMap, VideoAnnotation
+from e2etal.data.features import FeatureGrid
+from e2etal.data.video import ClipSampler, VideoError, probe_video, read_frames, to_clips
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VideoDataConfig:
+    annotations: str = ""
+    video_dir: str = ""
+    file_template: str = "{video_id}.mp4"
+    train_subset: str = "training"
+    val_subset: str = "validation"
+    fps: float = 30.0  # decode rate (frames are resampled to it)
+    size: int = 224  # frames are resized to size x size (no crop, as VideoMAEv2's TAD code)
+    clip_frames: int = 16
+    window_frames: int | None = 768  # THUMOS style; None = whole video resampled
+    resize_frames: int | None = None  # ActivityNet style: every video sampled to this many frames
+    eval_stride_frames: int | None = None  # evaluation window stride; None = window_frames / 2
+    crop_keep_ratio: float = 0.5
+    augment: bool = True  # training: random spatial crop (>= crop_scale of the side) and flip
+    crop_scale: float = 0.8
+    tap_cache: str | None = None  # folder for cached pooled taps (used only when augment is false)
+    skip_missing: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.window_frames is None) == (self.resize_frames is None):
+            raise ValueError("video: set exactly one of window_frames (THUMOS style) and resize_frames (ActivityNet style)")
+        frames = self.window_frames or self.resize_frames
+        if frames % self.clip_frames:
+            raise ValueError(f"video: {frames} frames per window is not a multiple of clip_frames {self.clip_frames}")
+        stride = self.eval_stride_frames
+        if stride is not None and (stride <= 0 or stride % self.clip_frames):
+            raise ValueError(f"video.eval_stride_frames: expected a positive multiple of clip_frames, got {stride}")
+        if not 0 < self.crop_scale <= 1:
+            raise ValueError(f"video.crop_scale: expected in (0, 1], got {self.crop_scale}")
+
+    @property
+    def frames_per_window(self) -> int:
+        return self.window_frames or self.resize_frames
+
+    def video_path(self, video_id: str) -> Path:
+        return Path(self.video_dir) / self.file_template.format(video_id=video_id)
+
+
+@dataclass
+class Window:
+    video_id: str
+    start_frame: int  # first frame of the window, at cfg.fps (0 in resized layout)
+
+
+@dataclass
+class VideoItem:
+    video_id: str
+    start_frame: int
+    clips: Tensor | None  # [N, 3, clip_frames, size, size] float in [0, 1]; None when taps are cached
+    taps: tuple[Tensor, Tensor] | None  # cached (tapped [T', L, g*g, D], last [T', g*g, D])
+    num_positions: int  # valid temporal positions of the window
+    segments: Tensor  # [K, 2] in window positions
+    labels: Tensor  # [K]
+    grid: FeatureGrid
+    duration_s: float | None
+
+
+@dataclass
+class VideoBatch:
+    video_ids: list[str]
+    start_frames: list[int]
+    clips: list[Tensor | None]  # per window [N_i, 3, F, H, W]
+    taps: list[tuple[Tensor, Tensor] | None]  # per window, from the tap cache
+    mask: Tensor  # [B, T'] bool
+    segments: list[Tensor]
+    labels: list[Tensor]
+    grids: list[FeatureGrid]
+    durations_s: list[float | None]
+
+    def to(self, device: torch.device) -> VideoBatch:
+        return VideoBatch(
+            self.video_ids,
+            self.start_frames,
+            self.clips,  # moved micro-batch by micro-batch by the frozen pass
+            [None if t is None else (t[0].to(device), t[1].to(device)) for t in self.taps],
+            self.mask.to(device),
+            [s.to(device) for s in self.segments],
+            [lbl.to(device) for lbl in self.labels],
+            self.grids,
+            self.durations_s,
+        )
+
+
+def collate_windows(items: list[VideoItem], pad_multiple: int) -> VideoBatch:
+    length = max(it.num_positions for it in items)
+    length = math.ceil(length / pad_multiple) * pad_multiple
+    mask = torch.zeros(len(items), length, dtype=torch.bool)
+    for b, it in enumerate(items):
+        mask[b, : it.num_positions] = True
+    return VideoBatch(
+        [it.video_id for it in items],
+        [it.start_frame for it in items],
+        [it.clips for it in items],
+        [it.taps for it in items],
+        mask,
+        [it.segments for it in items],
+        [it.labels for it in items],
+        [it.grid for it in items],
+        [it.duration_s for it in items],
+    )
+
+
+def window_grid(cfg: VideoDataConfig, start_frame: int, tubelet: int, duration_s: float | None) -> FeatureGrid:
+    if cfg.resize_frames is not None:
+        frame_s = duration_s / cfg.resize_frames
+        return FeatureGrid(offset_s=tubelet * frame_s / 2, step_s=tubelet * frame_s)
+    return FeatureGrid(offset_s=(start_frame + tubelet / 2) / cfg.fps, step_s=tubelet / cfg.fps)
+
+
+class VideoWindows(torch.utils.data.Dataset):
+    """Windows of the videos of one subset with ground truth in window positions.
+
+    Every video file is probed when the dataset is built: missing or unreadable files are
+    reported all at once (or skipped with `skip_missing`). `training=True` draws one
+    random window per video (reproducibly from seed, epoch and index), clips ground truth
+    to the duration, and augments when `cfg.augment`; otherwise the windows tile each
+    video. With a `tap_cache` (filled beforehand by `TapCache.fill`), items carry the
+    window's slice of the cached pooled taps instead of decoded clips.
+    """
+
+    def __init__(self, cfg: VideoDataConfig, annotations: Annotations, subset: str, classes: ClassMap,
+                 training: bool, tubelet: int = 2, seed: int = 0, tap_cache=None):
+        self.cfg, self.classes, self.training, self.tubelet, self.seed = cfg, classes, training, tubelet, seed
+        if tap_cache is not None and training and cfg.augment:
+            raise ValueError("video.tap_cache needs video.augment=false: augmented windows differ every epoch")
+        self.tap_cache = tap_cache
+        # Non-overlapping clips, the last one padded by repeating the final frame.
+        self.sampler = ClipSampler(clip_frames=cfg.clip_frames, stride_frames=cfg.clip_frames)
+        self.epoch = 0
+        gt = annotations.subset(subset)
+        if training:
+            gt = gt.clipped_to_duration()
+        self.source = gt.source
+        self.videos: dict[str, VideoAnnotation] = {}
+        self.num_frames: dict[str, int] = {}
+        problems = []
+        for vid in sorted(gt.videos):
+            path = cfg.video_path(vid)
+            try:
+                info = probe_video(path)
+            except VideoError as e:
+                problems.append(str(e))
+                continue
+            video = gt.videos[vid]
+            duration = video.duration_s if video.duration_s is not None else info.duration_s
+            self.videos[vid] = video if video.duration_s is not None else VideoAnnotation(vid, video.subset, duration, video.fps, video.instances)
+            self.num_frames[vid] = max(1, int(math.floor(min(duration, info.duration_s) * cfg.fps + 1e-6)))
+        if problems:
+            listing = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+            if not cfg.skip_missing:
+                raise ValueError(f"{len(problems)} of {len(gt.videos)} videos of subset {subset!r} cannot be read "
+                                 f"(set video.skip_missing=true to skip them):\n  {listing}")
+            log.warning("skipping %d video(s) of subset %r:\n  %s", len(problems), subset, listing)
+        if not self.videos:
+            raise ValueError(f"no usable video in subset {subset!r} of {self.source} (videos in {cfg.video_dir})")
+        self.windows = self._tile() if not training else [Window(v, 0) for v in self.videos]
+
+    def _tile(self) -> list[Window]:
+        cfg = self.cfg
+        if cfg.resize_frames is not None:
+            return [Window(v, 0) for v in self.videos]
+        stride = cfg.eval_stride_frames or max(cfg.clip_frames, cfg.window_frames // 2 // cfg.clip_frames * cfg.clip_frames)
+        windows = []
+        for vid, n in self.num_frames.items():
+            last = max(0, n - cfg.window_frames)
+            starts = list(range(0, last + 1, stride))
+            tail = math.ceil(last / cfg.clip_frames) * cfg.clip_frames
+            if starts[-1] < last:
+                starts.append(tail)
+            windows.extend(Window(vid, s) for s in starts)
+        return windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _generator(self, index: int) -> torch.Generator:
+        return torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
+
+    def _instances(self, video: VideoAnnotation, grid: FeatureGrid) -> tuple[Tensor, Tensor]:
+        seconds = torch.tensor([[i.start_s, i.end_s] for i in video.instances], dtype=torch.float64).reshape(-1, 2)
+        labels = torch.tensor([self.classes.index(i.label) for i in video.instances], dtype=torch.long)
+        # Boundaries sit between positions: position j spans [j - 1/2, j + 1/2] on the grid.
+        return grid.to_feature(seconds).float(), labels
+
+    def _random_start(self, index: int, video: VideoAnnotation, num_frames: int) -> int:
+        cfg = self.cfg
+        last = num_frames - cfg.window_frames
+        if last <= 0:
+            return 0
+        gen = self._generator(index)
+        starts = torch.arange(0, last + cfg.clip_frames, cfg.clip_frames)
+        for _ in range(10):
+            start = int(starts[torch.randint(len(starts), (1,), generator=gen)])
+            if not video.instances:
+                return start
+            s_s, e_s = start / cfg.fps, (start + cfg.window_frames) / cfg.fps
+            for inst in video.instances:
+                inside = max(0.0, min(inst.end_s, e_s) - max(inst.start_s, s_s))
+                if inside >= cfg.crop_keep_ratio * max(inst.end_s - inst.start_s, 1e-6):
+                    return start
+        return start
+
+    def __getitem__(self, index: int) -> VideoItem:
+        cfg = self.cfg
+        window = self.windows[index]
+        video = self.videos[window.video_id]
+        num_frames = self.num_frames[window.video_id]
+        start = window.start_frame
+        if self.training and cfg.window_frames is not None:
+            start = self._random_start(index, video, num_frames)
+        frames_in_window = cfg.frames_per_window if cfg.resize_frames else min(cfg.window_frames, num_frames - start)
+        num_positions = math.ceil(frames_in_window / self.tubelet)
+        grid = window_grid(cfg, start, self.tubelet, video.duration_s)
+        segments, labels = self._instances(video, grid)
+        if self.training:
+            inside = segments.clamp(-0.5, num_positions - 0.5)
+            length = (segments[:, 1] - segments[:, 0]).clamp(min=1e-6)
+            keep = (inside[:, 1] - inside[:, 0]) / length >= cfg.crop_keep_ratio
+            segments, labels = inside[keep], labels[keep]
+        clips = taps = None
+        if self.tap_cache is not None:
+            tapped, last = self.tap_cache.load(window.video_id)
+            first = start // self.tubelet
+            taps = (tapped[first : first + num_positions], last[first : first + num_positions])
+        else:
+            end = start + (cfg.frames_per_window if cfg.resize_frames else frames_in_window)
+            clips = to_clips(self.read_frames(window.video_id, start, end), self.sampler)
+            if self.training and cfg.augment:
+                clips = self._augment(clips, self._generator(index + 7919))
+        return VideoItem(window.video_id, start, clips=clips, taps=taps, num_positions=num_positions,
+                         segments=segments, labels=labels, grid=grid, duration_s=video.duration_s)
+
+    def read_frames(self, video_id: str, start: int, end: int) -> Tensor:
+        """uint8 frames [end - start, size, size, 3] of a video at cfg.fps (in the resized
+        layout: of its `resize_frames` evenly spaced frames)."""
+        cfg = self.cfg
+        path = cfg.video_path(video_id)
+        size = (cfg.size, cfg.size)
+        if cfg.resize_frames is not None:
+            frames, _ = read_frames(path, size=size)
+            idx = np.linspace(0, len(frames) - 1, cfg.resize_frames).round().astype(np.int64)
+            return frames[torch.from_numpy(idx[start:end])]
+        frames, _ = read_frames(path, fps=cfg.fps, size=size, start_s=start / cfg.fps, end_s=end / cfg.fps)
+        frames = frames[: end - start]
+        if len(frames) == 0:
+            raise VideoError(path, f"no frame decoded between {start / cfg.fps:.2f} s and {end / cfg.fps:.2f} s")
+        return frames
+
+    def video_clips(self, video_id: str, chunk_clips: int = 32):
+        """All clips of a whole video, `chunk_clips` at a time: [n, 3, F, H, W] chunks in
+        order (the tap cache's input)."""
+        cfg = self.cfg
+        total = cfg.resize_frames or self.num_frames[video_id]
+        step = chunk_clips * cfg.clip_frames
+        for start in range(0, total, step):
+            yield to_clips(self.read_frames(video_id, start, min(start + step, total)), self.sampler)
+
+    def _augment(self, clips: Tensor, gen: torch.Generator) -> Tensor:
+        """The same random square crop (side >= crop_scale) resized back, and horizontal
+        flip, for every frame of the window. clips: [N, 3, F, H, W]."""
+        cfg = self.cfg
+        n, c, f, size, _ = clips.shape
+        side = int(round(size * (cfg.crop_scale + (1 - cfg.crop_scale) * float(torch.rand((), generator=gen)))))
+        top = int(torch.randint(0, size - side + 1, (1,), generator=gen))
+        left = int(torch.randint(0, size - side + 1, (1,), generator=gen))
+        x = clips[..., top : top + side, left : left + side]
+        if side != size:
+            x = F.interpolate(x.reshape(n * c, f, side, side), size=(size, size), mode="bilinear", align_corners=False)
+            x = x.reshape(n, c, f, size, size)
+        if float(torch.rand((), generator=gen)) < 0.5:
+            x = x.flip(-1)
+        return x.contiguous()
+

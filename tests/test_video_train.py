@@ -1,0 +1,113 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from e2etal.config import load_config
+from e2etal.data.annotations import load_annotations
+from e2etal.data.windows import VideoWindows, collate_windows
+from e2etal.experiment import ExperimentConfig, build_detector, evaluate_checkpoint, train
+from video_fixtures import FPS, make_video_dataset, tiny_video_overrides
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    return make_video_dataset(tmp_path_factory.mktemp("videos"))
+
+
+def _cfg(videos, tmp_path, *extra, method="losa", epochs=2):
+    gt, folder = videos
+    return load_config(ExperimentConfig, None, tiny_video_overrides(gt, folder, tmp_path / "run", method, epochs) + list(extra))
+
+
+def test_windows_tile_videos_on_clip_boundaries(videos, tmp_path):
+    cfg = _cfg(videos, tmp_path)
+    gt = load_annotations(cfg.video.annotations)
+    ds = VideoWindows(cfg.video, gt, "validation", gt.classes, training=False)
+    # 80 frames, windows of 48 every 24 frames: starts 0, 24, then 32 to reach the end
+    assert [w.start_frame for w in ds.windows if w.video_id == "clip4"] == [0, 24, 32]
+    item = ds[1]
+    assert item.clips.shape == (12, 3, 4, 32, 32) and item.num_positions == 24
+    # position j of the window starting at frame 24 is centred on frames 24 + 2j .. 24 + 2j + 1
+    assert item.grid.to_seconds(np.array(0.0)) == pytest.approx(25 / FPS)
+    assert item.grid.step_s == pytest.approx(2 / FPS)
+    # the window's clips equal the same frames of a whole-video read
+    whole = torch.cat(list(ds.video_clips("clip4", chunk_clips=5)))
+    assert torch.equal(item.clips, whole[6:18])
+
+
+def test_training_windows_are_reproducible_and_augmented(videos, tmp_path):
+    cfg = _cfg(videos, tmp_path)
+    gt = load_annotations(cfg.video.annotations)
+    ds = VideoWindows(cfg.video, gt, "training", gt.classes, training=True, seed=1)
+    a, b = ds[0], ds[0]
+    assert a.start_frame % cfg.video.clip_frames == 0 and a.start_frame == b.start_frame
+    assert torch.equal(a.clips, b.clips)
+    assert (a.segments >= -0.5).all() and (a.segments <= a.num_positions - 0.5).all()
+
+
+def test_gradients_reach_adapters_and_head_only(videos, tmp_path):
+    cfg = _cfg(videos, tmp_path)
+    gt = load_annotations(cfg.video.annotations)
+    detector = build_detector(cfg)
+    for p in detector.adapters.parameters():  # move off the zero-initialised fusion scale
+        if p.ndim == 1 and torch.all(p == 0):
+            p.data.normal_()
+    ds = VideoWindows(cfg.video, gt, "training", gt.classes, training=True)
+    batch = collate_windows([ds[0], ds[1]], pad_multiple=cfg.model.max_stride)
+    detector.train()
+    detector.losses(batch)["loss"].backward()
+    assert all(p.grad is None for p in detector.backbone.parameters())
+    assert not detector.backbone.backbone.training
+    for name, p in list(detector.adapters.named_parameters()) + list(detector.head.named_parameters()):
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert any(p.grad.abs().sum() > 0 for p in detector.adapters.parameters())
+
+
+def test_checkpoint_holds_no_backbone_weights_and_reloads(videos, tmp_path):
+    cfg = _cfg(videos, tmp_path, epochs=1)
+    train(cfg)
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "run" / "last" / "model.safetensors"))
+    assert weights and not any(k.startswith("backbone.") for k in weights)
+    result, dets = evaluate_checkpoint(tmp_path / "run" / "last", progress=False)
+    assert result.mAP.shape == (5,)
+    assert set(dets.video) <= {"clip4", "clip5"}
+
+
+def _losses(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return [float(r["train_loss"]) for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("method", ["losa", "frozen"])
+def test_tap_cache_gives_the_same_losses(videos, tmp_path, method):
+    plain = _cfg(videos, tmp_path / "plain", "video.augment=false", method=method)
+    cached = _cfg(videos, tmp_path / "cached", "video.augment=false", f"video.tap_cache={tmp_path / 'cache'}", method=method)
+    train(plain)
+    train(cached)
+    np.testing.assert_allclose(_losses(tmp_path / "cached" / "run"), _losses(tmp_path / "plain" / "run"), rtol=1e-5)
+    files = list((tmp_path / "cache").glob("*/*.safetensors"))
+    assert len(files) == 6  # every video once
+    # a second run reuses the cache; changing a setting that determines the taps starts a new one
+    train(_cfg(videos, tmp_path / "again", "video.augment=false", f"video.tap_cache={tmp_path / 'cache'}", method=method))
+    assert len(list((tmp_path / "cache").glob("*/*.safetensors"))) == 6
+    train(_cfg(videos, tmp_path / "other", "video.augment=false", "losa.grid=1", f"video.tap_cache={tmp_path / 'cache'}",
+               method=method))
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_tap_cache_refuses_augmentation(videos, tmp_path):
+    cfg = _cfg(videos, tmp_path, f"video.tap_cache={tmp_path / 'cache'}")
+    with pytest.raises(ValueError, match="tap_cache needs video.augment=false"):
+        train(cfg)

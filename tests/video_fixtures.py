@@ -1,0 +1,64 @@
+"""Tiny real videos for end-to-end tests: a bright square sliding left or right (two
+classes) over noise, written with PyAV, and their ground truth."""
+
+import json
+
+import av
+import numpy as np
+
+FPS = 10
+
+
+def write_video(path, frames: np.ndarray, fps: int = FPS) -> None:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"qscale": "2"}
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def make_video_dataset(root, num_train=4, num_val=2, seconds=8.0, size=32, seed=0):
+    """`root/videos/*.mp4` and `root/annotations.json` (classes 'left' and 'right')."""
+    rng = np.random.default_rng(seed)
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    database = {}
+    n = int(seconds * FPS)
+    for i in range(num_train + num_val):
+        vid = f"clip{i}"
+        frames = rng.integers(0, 60, (n, size, size, 3), dtype=np.uint8)
+        anns = []
+        t = int(rng.integers(3, 10))
+        while t < n - 12:
+            dur = int(rng.integers(8, 16))
+            label = ["left", "right"][int(rng.integers(2))]
+            for k in range(dur):
+                x = int((k / dur) * (size - 8)) if label == "right" else int((1 - k / dur) * (size - 8))
+                frames[t + k, 12:20, x : x + 8] = 230
+            anns.append({"label": label, "segment": [t / FPS, (t + dur) / FPS]})
+            t += dur + int(rng.integers(5, 15))
+        write_video(root / "videos" / f"{vid}.mp4", frames)
+        database[vid] = {"subset": "training" if i < num_train else "validation", "duration": n / FPS,
+                         "fps": FPS, "annotations": anns}
+    (root / "annotations.json").write_text(json.dumps({"database": database}))
+    return root / "annotations.json", root / "videos"
+
+
+def tiny_video_overrides(gt, videos, out_dir, method="losa", epochs=2):
+    return [
+        f"method={method}", f"video.annotations={gt}", f"video.video_dir={videos}", f"out_dir={out_dir}",
+        f"video.fps={FPS}", "video.size=32", "video.clip_frames=4", "video.window_frames=48",
+        "backbone.name=vit-s", "backbone.micro_batch=4",
+        "backbone.kwargs={img_size: 32, patch_size: 16, num_frames: 4, embed_dim: 64, depth: 4, num_heads: 4}",
+        "losa.taps=[2, 4]", "losa.num_heads=2", "losa.short_window=2",
+        "model.input_dim=64", "model.num_classes=2", "model.embed_dim=32", "model.head_dim=32",
+        "model.num_heads=2", "model.window_size=5", "model.branch_layers=2",
+        "model.regression_ranges=[[0,4],[4,8],[8,10000]]", "model.max_seq_len=24",
+        "model.drop_path=0.0", "model.dropout=0.0",
+        f"train.epochs={epochs}", f"train.warmup_epochs={min(1, epochs)}", "train.batch_size=2", "train.lr=0.001",
+        "train.eval_every=0", "train.progress=false", "train.tensorboard=false",
+    ]
