@@ -111,3 +111,21 @@ def test_tap_cache_refuses_augmentation(videos, tmp_path):
     cfg = _cfg(videos, tmp_path, f"video.tap_cache={tmp_path / 'cache'}")
     with pytest.raises(ValueError, match="tap_cache needs video.augment=false"):
         train(cfg)
+
+
+def test_detect_on_a_video_file_with_plot(videos, tmp_path, capsys):
+    from e2etal.cli import main
+
+    train(_cfg(videos, tmp_path, epochs=1))
+    gt, folder = videos
+    ckpt = tmp_path / "run" / "last"
+    out, png = tmp_path / "res.json", tmp_path / "timeline.png"
+    assert main(["detect", str(folder / "clip5.mp4"), "--checkpoint", str(ckpt), "--out", str(out),
+                 "--plot", str(png), "--ground-truth", str(gt)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("clip5: ")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import json
+
+    res = json.loads(out.read_text())["results"]["clip5"]
+    assert all(0 <= r["segment"][0] < r["segment"][1] <= 8.0 for r in res)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from e2etal.config import apply_overrides, from_dict, load_config, to_dict
-from e2etal.data.annotations import ClassMap, VideoAnnotation, load_annotations
+from e2etal.data.annotations import Annotations, ClassMap, VideoAnnotation, load_annotations
 from e2etal.data.features import (
     FeatureDataConfig,
     FeatureDataset,
@@ -32,6 +33,7 @@ from e2etal.adapters.frozen import FrozenBackbone, _compute_dtype
 from e2etal.adapters.losa import LoSAAdapters, LoSAConfig
 from e2etal.adapters.tap_cache import TapCache
 from e2etal.data.predictions import Detections
+from e2etal.data.video import probe_video
 from e2etal.data.windows import VideoDataConfig, VideoWindows, collate_windows
 from e2etal.detector import FeatureDetector, VideoDetections, VideoDetector, as_detections, merge_windows
 from e2etal.extract import build_backbone, module_sha256
@@ -123,7 +125,9 @@ def build_detector(cfg: ExperimentConfig):
     if cfg.method == "features":
         return FeatureDetector(build_head(cfg.model))
     vit = build_backbone(cfg.backbone.name, cfg.backbone.checkpoint, **cfg.backbone.kwargs).module
-    taps = cfg.losa.tap_layers(vit.depth) if cfg.method == "losa" else (vit.depth,)
+    # Head-only transfer reads only the last layer, but taps the same layers as LoSA so
+    # that both methods share one tap cache.
+    taps = cfg.losa.tap_layers(vit.depth)
     frozen = FrozenBackbone(vit, taps=taps, grid=cfg.losa.grid, micro_batch=cfg.backbone.micro_batch,
                             dtype=cfg.backbone.torch_dtype())
     if cfg.model.input_dim != frozen.width:
@@ -277,4 +281,33 @@ def detect_features(
     item = FeatureItem(video_id, x, torch.zeros(0, 2), torch.zeros(0, dtype=torch.long), grid, duration_s)
     batch = collate_features([item], pad_multiple=cfg.model.max_stride)
     videos = detector.detect(batch.to(next(detector.parameters()).device))
+    return as_detections(videos, classes)
+
+
+def detect_video(
+    video_path: str | Path,
+    checkpoint: str | Path,
+    video_id: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> Detections:
+    """Detections for one video file, in seconds: decode, frozen backbone, adapters, head.
+
+    Needs a checkpoint of a raw-video method (`losa` or `frozen`). A checkpoint trained
+    on pre-extracted features cannot see the video: extract its features with the same
+    backbone (`e2etal extract`) and use `detect_features`."""
+    detector, cfg, classes = load_detector(checkpoint, device)
+    if cfg.method == "features":
+        raise ValueError(
+            f"{checkpoint}: this checkpoint was trained on pre-extracted features; extract the video's features "
+            "with the same backbone (e2etal extract) and run `e2etal detect --features FILE.npy`"
+        )
+    path = Path(video_path)
+    video_id = video_id or path.stem
+    info = probe_video(path)
+    annotations = Annotations(str(path), {video_id: VideoAnnotation(video_id, "all", info.duration_s, info.fps)}, classes)
+    video_cfg = dataclasses.replace(cfg.video, video_dir=str(path.parent), file_template=path.name, tap_cache=None)
+    dataset = VideoWindows(video_cfg, annotations, "all", classes, training=False,
+                           tubelet=detector.backbone.backbone.tubelet_size)
+    videos = run_detection(detector, dataset, _collate(cfg, training=False), 1, next(detector.parameters()).device, progress)
     return as_detections(videos, classes)

@@ -1,0 +1,111 @@
+"""`e2etal bench`: measurements behind the claims of DESIGN.md.
+
+`e2etal bench losa` prints, from one run, the peak GPU memory and step time of a LoSA
+training step (batch 1) beside the frozen-forward floor, AdaTAD-style serial adapters
+and full fine-tuning; see `e2etal.benchmark.losa`.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+
+import torch
+
+from e2etal.benchmark.losa import (
+    BACKBONES,
+    DEFAULT_FRAMES,
+    DEFAULT_RES,
+    METHODS,
+    TINY_FRAMES,
+    TINY_RES,
+    BenchSettings,
+    bench_settings,
+    check_targets,
+    format_table,
+    run_bench,
+)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure memory and speed",
+        description="Benchmarks of memory and speed; one sub-command per benchmark.",
+    )
+    benches = p.add_subparsers(dest="bench", metavar="BENCH")
+    benches.required = True
+    q = benches.add_parser(
+        "losa",
+        help="LoSA training step vs frozen forward, AdaTAD-style adapters and full fine-tuning",
+        description="Peak GPU memory and median step time of one training step (batch 1: one window of "
+        "--frames frames) done four ways, measured one after another in one process: the frozen "
+        "backbone forward (the floor), LoSA (adapters beside the frozen backbone), AdaTAD-style serial "
+        "adapters inside the blocks (gradients through the frozen backbone, checkpointed), and full "
+        "fine-tuning (checkpointed). Random weights, random video, ActionFormer head with a random target. "
+        "On CUDA also checks the targets: LoSA peak <= 4 GB and LoSA step <= 1.2 x frozen forward "
+        "(set for ViT-g, 768 frames, 224 px on an H100).",
+    )
+    q.add_argument("--backbone", choices=sorted(BACKBONES), default="vit-g", help="default vit-g")
+    q.add_argument("--frames", type=int, help=f"frames in the window; default {DEFAULT_FRAMES} ({TINY_FRAMES} with --tiny)")
+    q.add_argument("--res", type=int, help=f"frame size in px; default {DEFAULT_RES} ({TINY_RES} with --tiny)")
+    q.add_argument("--clip-frames", type=int, default=16, help="frames per backbone clip (default 16)")
+    q.add_argument("--methods", default=",".join(METHODS), help=f"comma list, in run order (default {','.join(METHODS)})")
+    q.add_argument("--steps", type=int, default=5, help="timed steps per method; the median is reported (default 5)")
+    q.add_argument("--warmup", type=int, default=2, help="untimed steps before them (default 2)")
+    q.add_argument("--micro-batch", type=int, default=8, help="clips per backbone call in the no-grad passes (default 8)")
+    q.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:N or cpu")
+    q.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="on CUDA (default bf16); CPU always runs fp32")
+    q.add_argument("--tiny", action="store_true", help="a 4-block, 64-wide ViT instead of --backbone, for smoke tests on CPU")
+    q.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    q.set_defaults(func=run_losa)
+
+
+def run_losa(args) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    settings = bench_settings(
+        backbone=args.backbone,
+        frames=args.frames,
+        res=args.res,
+        clip_frames=args.clip_frames,
+        micro_batch=args.micro_batch,
+        methods=methods,
+        steps=args.steps,
+        warmup=args.warmup,
+        device=args.device,
+        dtype=args.dtype,
+        tiny=args.tiny,
+    )
+    if settings.device.type != "cuda" and not args.tiny:
+        print(f"note: running {settings.backbone} on the CPU will be slow; --tiny is the smoke test", file=sys.stderr)
+    rows = run_bench(settings)
+    targets = check_targets(rows) if settings.device.type == "cuda" else []
+    device = _device_name(settings)
+    if args.json:
+        print(json.dumps({"device": device, "torch": torch.__version__, "settings": settings.to_json(),
+                          "rows": rows, "targets": targets}))
+        return 0
+    print(_header(settings, device))
+    print(format_table(rows))
+    if targets:
+        print("targets (set for ViT-g, 768 frames, 224 px, batch 1 on an H100):")
+        for t in targets:
+            value = "-" if t["value"] is None else f"{t['value']:.2f}"
+            verdict = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+            print(f"  {t['target']}: {value}  {verdict}")
+    return 0
+
+
+def _device_name(s: BenchSettings) -> str:
+    if s.device.type == "cuda":
+        return torch.cuda.get_device_name(s.device)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _header(s: BenchSettings, device: str) -> str:
+    return (
+        f"{s.backbone} ({s.backbone_params / 1e6:.1f}M params, {s.depth} blocks, width {s.width}), "
+        f"{s.frames} frames = {s.num_clips} clips x {s.clip_frames} at {s.res} px -> {s.tokens} tokens, batch 1; "
+        f"{s.dtype} on {device}; median of {s.steps} steps after {s.warmup}"
+    )
