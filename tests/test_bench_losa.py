@@ -17,16 +17,6 @@ from e2etal.benchmark import (
 from e2etal.cli import bench_cmd
 
 
-@pytest.fixture
-def one_thread():
-    """The tiny sizes gain nothing from threads, and two OpenMP threads on cores shared
-    with other jobs can make a 50 ms step take seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -55,7 +45,7 @@ def _check_rows(rows: list[dict]) -> None:
         assert r["x_frozen"] == pytest.approx(r["step_s"] / frozen["step_s"])
 
 
-def test_bench_losa_tiny_on_cpu(one_thread):
+def test_bench_losa_tiny_on_cpu():
     rows = bench_losa(tiny=True, steps=1, warmup=0, device="cpu")
     _check_rows(rows)
     assert all(r["peak_mem_gb"] is None for r in rows)  # measured on CUDA only
@@ -65,7 +55,7 @@ def test_bench_losa_tiny_on_cpu(one_thread):
     assert [c["met"] for c in checks][0] is None  # peak memory not measured on CPU
 
 
-def test_bench_cli_tiny_json(one_thread, capsys):
+def test_bench_cli_tiny_json(capsys):
     parser = argparse.ArgumentParser(prog="e2etal")
     bench_cmd.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", "losa", "--tiny", "--json", "--device", "cpu", "--steps", "1", "--warmup", "0"])

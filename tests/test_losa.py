@@ -16,15 +16,6 @@ from e2etal.adapters import (
 from e2etal.backbones.vit import VisionTransformer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second intra-op thread only adds OpenMP contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # Tiny ViT: 4 frames at 64 px, patch 16, tubelet 2 -> token grid (2, 4, 4) per clip.
 D, HEADS, FRAMES, PX, PATCH = 64, 4, 4, 64, 16
 T_CLIP, H_TOK = FRAMES // 2, PX // PATCH

@@ -13,15 +13,6 @@ from e2etal.experiment import ExperimentConfig, detect_features, evaluate_checkp
 from synthetic_features import make_feature_dataset, tiny_config_overrides
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small convolutions run faster on one thread, and results do not depend on it.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.slow
 def test_training_on_synthetic_features_reaches_map(tmp_path):
     gt, feats = make_feature_dataset(tmp_path, num_train=60, num_val=10)

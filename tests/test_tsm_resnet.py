@@ -9,15 +9,6 @@ from e2etal.backbones import TSMResNet, load_backbone_checkpoint, temporal_shift
 from e2etal.backbones.tsm_resnet import BasicBlock
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second intra-op thread only adds OpenMP contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_temporal_shift_by_hand():
     B, T, C, H, W = 2, 4, 16, 2, 3  # fold = 16 // 8 = 2
     value = torch.arange(B * T * C, dtype=torch.float32).view(B * T, C, 1, 1).expand(B * T, C, H, W)

@@ -1,4 +1,5 @@
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -9,14 +10,6 @@ from e2etal.data.annotations import load_annotations
 from e2etal.data.windows import VideoWindows, collate_windows
 from e2etal.experiment import ExperimentConfig, build_detector, evaluate_checkpoint, train
 from video_fixtures import FPS, make_video_dataset, tiny_video_overrides
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +106,7 @@ def test_tap_cache_refuses_augmentation(videos, tmp_path):
         train(cfg)
 
 
-def test_detect_on_a_video_file_with_plot(videos, tmp_path, capsys):
+def test_detect_on_a_video_file_with_plot(videos, tmp_path, capsys, shared_data):
     from e2etal.cli import main
 
     train(_cfg(videos, tmp_path, epochs=1))
@@ -125,7 +118,14 @@ def test_detect_on_a_video_file_with_plot(videos, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.startswith("clip5: ")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    import json
-
     res = json.loads(out.read_text())["results"]["clip5"]
     assert all(0 <= r["segment"][0] < r["segment"][1] <= 8.0 for r in res)
+
+    # a real untrimmed video of another size and frame rate: decoded, resampled to the
+    # checkpoint's 10 fps and 32 px, windows merged; its own ground truth in the plot
+    real = shared_data / "videos"
+    assert main(["detect", str(real / "highjump.mp4"), "--checkpoint", str(ckpt), "--plot", str(tmp_path / "hj.png"),
+                 "--ground-truth", str(real / "highjump.json"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)["results"].get("highjump", [])
+    assert all(0 <= r["segment"][0] < r["segment"][1] <= 24.3 and r["label"] in ("left", "right") for r in res)
+    assert (tmp_path / "hj.png").read_bytes()[:4] == b"\x89PNG"

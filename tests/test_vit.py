@@ -25,15 +25,6 @@ from e2etal.backbones import (
 from e2etal.backbones.vit import VisionTransformer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second intra-op thread only adds OpenMP contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # Tiny model: 4 frames at 32 px, patch 8, tubelet 2 -> token grid (2, 4, 4).
 D, DEPTH, HEADS, P, TUB, MLP, FRAMES, PX, CLASSES = 64, 3, 4, 8, 2, 96, 4, 32, 5
 GRID = (FRAMES // TUB, PX // P, PX // P)

@@ -156,6 +156,7 @@ def tap_cache_for(cfg: ExperimentConfig, detector: VideoDetector, device: torch.
         "backbone": cfg.backbone.name, "kwargs": cfg.backbone.kwargs, "weights_sha256": module_sha256(frozen.backbone),
         "taps": list(frozen.taps), "grid": frozen.grid, "fps": cfg.video.fps, "size": cfg.video.size,
         "clip_frames": cfg.video.clip_frames, "resize_frames": cfg.video.resize_frames, "dtype": str(compute),
+        "mean": cfg.video.mean, "std": cfg.video.std,
     }
     return TapCache(cfg.video.tap_cache, settings, store_dtype=compute)
 

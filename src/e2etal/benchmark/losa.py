@@ -521,19 +521,7 @@ def run_bench(s: BenchSettings) -> list[dict]:
     return rows
 
 
-def bench_losa(
-    backbone: str = "vit-g",
-    frames: int | None = None,
-    res: int | None = None,
-    clip_frames: int = 16,
-    micro_batch: int = 8,
-    methods: Sequence[str] = METHODS,
-    steps: int = 5,
-    warmup: int = 2,
-    device: str = "auto",
-    dtype: str = "bf16",
-    tiny: bool = False,
-) -> list[dict]:
+def bench_losa(**kwargs) -> list[dict]:
     """Peak memory and median step time of frozen / losa / adatad / full, batch 1.
 
     See the module docstring for what each method runs; `bench_settings` for the
@@ -541,8 +529,7 @@ def bench_losa(
     step_s, x_frozen, trainable_params, params {backbone, adapters, head},
     backbone_params_with_grad, grad_through_backbone, notes.
     """
-    return run_bench(bench_settings(backbone, frames, res, clip_frames, micro_batch, methods, steps, warmup,
-                                    device, dtype, tiny))
+    return run_bench(bench_settings(**kwargs))
 
 
 def check_targets(rows: list[dict]) -> list[dict]:

@@ -11,9 +11,9 @@ import logging
 import sys
 
 from e2etal import __version__
-from e2etal.cli import detect_cmd, eval_cmd, extract_cmd, train_cmd
+from e2etal.cli import bench_cmd, demo_cmd, detect_cmd, eval_cmd, extract_cmd, synth_cmd, train_cmd
 
-COMMANDS = [train_cmd, eval_cmd, detect_cmd, extract_cmd]
+COMMANDS = [demo_cmd, synth_cmd, train_cmd, eval_cmd, detect_cmd, extract_cmd, bench_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,6 +48,10 @@ class VideoDataConfig:
     val_subset: str = "validation"
     fps: float = 30.0  # decode rate (frames are resampled to it)
     size: int = 224  # frames are resized to size x size (no crop, as VideoMAEv2's TAD code)
+    # Per-channel normalisation on the [0, 1] scale; None = none, as VideoMAEv2's TAD code.
+    # Use the values the backbone was pretrained with.
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
     clip_frames: int = 16
     window_frames: int | None = 768  # THUMOS style; None = whole video resampled
     resize_frames: int | None = None  # ActivityNet style: every video sampled to this many frames
@@ -269,7 +273,7 @@ class VideoWindows(torch.utils.data.Dataset):
             taps = (tapped[first : first + num_positions], last[first : first + num_positions])
         else:
             end = start + (cfg.frames_per_window if cfg.resize_frames else frames_in_window)
-            clips = to_clips(self.read_frames(window.video_id, start, end), self.sampler)
+            clips = to_clips(self.read_frames(window.video_id, start, end), self.sampler, cfg.mean, cfg.std)
             if self.training and cfg.augment:
                 clips = self._augment(clips, self._generator(index + 7919))
         return VideoItem(window.video_id, start, clips=clips, taps=taps, num_positions=num_positions,
@@ -298,7 +302,7 @@ class VideoWindows(torch.utils.data.Dataset):
         total = cfg.resize_frames or self.num_frames[video_id]
         step = chunk_clips * cfg.clip_frames
         for start in range(0, total, step):
-            yield to_clips(self.read_frames(video_id, start, min(start + step, total)), self.sampler)
+            yield to_clips(self.read_frames(video_id, start, min(start + step, total)), self.sampler, cfg.mean, cfg.std)
 
     def _augment(self, clips: Tensor, gen: torch.Generator) -> Tensor:
         """The same random square crop (side >= crop_scale) resized back, and horizontal
