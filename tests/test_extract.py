@@ -18,7 +18,6 @@ import torch
 
 from e2etal import cli
 from e2etal.backbones import VisionTransformer
-from e2etal.cli import extract_cmd
 from e2etal.data.video import ClipSampler, VideoError, read_frames
 from e2etal.extract import (
     BACKBONES,

@@ -10,7 +10,7 @@ def test_thumos14_grid_matches_actionformer_convention(shared_data):
     gt = load_annotations(shared_data / "thumos14" / "thumos14.json")
     video = gt.videos["video_test_0000004"]
     cfg = FeatureDataConfig(stride_frames=4, clip_frames=16)  # I3D: 16-frame clips every 4 frames at 30 fps
-    grid = feature_grid(cfg, video, 250)
+    grid = feature_grid(cfg, video)
     assert grid == FeatureGrid(offset_s=8 / 30, step_s=4 / 30)
     inst = video.instances[0]  # [0.2, 1.1] s
     coords = grid.to_feature(np.array([inst.start_s, inst.end_s]))
@@ -24,16 +24,16 @@ def test_thumos14_grid_matches_actionformer_convention(shared_data):
 def test_fps_from_config_or_error(shared_data, tmp_path):
     gt = load_annotations(shared_data / "activitynet13" / "activitynet13.json")
     video = gt.videos["sJFgo9H6zNo"]
-    assert feature_grid(FeatureDataConfig(fps=15.0, offset_frames=0.0), video, 10) == FeatureGrid(0.0, 4 / 15)
+    assert feature_grid(FeatureDataConfig(fps=15.0, offset_frames=0.0), video) == FeatureGrid(0.0, 4 / 15)
     video.fps = None
     with pytest.raises(ValueError, match="'sJFgo9H6zNo' has no 'fps'; set data.fps"):
-        feature_grid(FeatureDataConfig(), video, 10)
+        feature_grid(FeatureDataConfig(), video)
 
 
 def test_resized_grid_covers_duration(shared_data):
     gt = load_annotations(shared_data / "activitynet13" / "activitynet13.json")
     video = gt.videos["sJFgo9H6zNo"]  # 138.967 s
-    grid = feature_grid(FeatureDataConfig(resize_length=192), video, 500)
+    grid = feature_grid(FeatureDataConfig(resize_length=192), video)
     assert grid.step_s == pytest.approx(138.967 / 192)
     assert grid.to_seconds(np.array(-0.5)) == pytest.approx(0.0)
     assert grid.to_seconds(np.array(191.5)) == pytest.approx(138.967)

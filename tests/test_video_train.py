@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -46,6 +47,9 @@ def test_training_windows_are_reproducible_and_augmented(videos, tmp_path):
     assert a.start_frame % cfg.video.clip_frames == 0 and a.start_frame == b.start_frame
     assert torch.equal(a.clips, b.clips)
     assert (a.segments >= -0.5).all() and (a.segments <= a.num_positions - 0.5).all()
+    plain = VideoWindows(dataclasses.replace(cfg.video, augment=False), gt, "training", gt.classes, training=True, seed=1)
+    b = plain[0]
+    assert b.start_frame == a.start_frame and not torch.equal(a.clips, b.clips)  # same window, augmented
 
 
 def test_gradients_reach_adapters_and_head_only(videos, tmp_path):

@@ -17,8 +17,6 @@ table by adding an entry.
 
 from __future__ import annotations
 
-import json
-import logging
 import platform
 import time
 from dataclasses import dataclass, field
@@ -33,11 +31,10 @@ from e2etal.backbones.vit import VisionTransformer
 from e2etal.config import load_config
 from e2etal.data.annotations import load_annotations
 from e2etal.data.video import normalize_clip
+from e2etal.engine.trainer import resolve_device
 from e2etal.experiment import ExperimentConfig, detect_video, evaluate_checkpoint, train
 from e2etal.plot import plot_timeline
 from e2etal.synthetic import WorldConfig, make_trimmed_clips, make_world
-
-log = logging.getLogger(__name__)
 
 # Pixel normalisation of the demo's backbone, in pretraining and in TAL alike: with raw
 # [0, 1] pixels of this low-contrast world, the patch embedding of a freshly initialised
@@ -119,7 +116,7 @@ def pretrain_backbone(settings: DemoSettings, out_path: Path, seed: int, device:
     return {"clip_accuracy": accuracy, "clips": len(clips), "epochs": settings.pretrain_epochs}
 
 
-def method_overrides(settings: DemoSettings, world_dir: Path, backbone: Path, cache: Path, out_dir: Path, seed: int) -> list[str]:
+def method_overrides(settings: DemoSettings, world_dir: Path, backbone: Path, cache: Path, seed: int) -> list[str]:
     """The config every demo method shares: the world's videos, the pretrained backbone,
     a small head, the tap cache."""
     w = settings.world
@@ -128,7 +125,6 @@ def method_overrides(settings: DemoSettings, world_dir: Path, backbone: Path, ca
     taps = [vit["depth"] // 3, 2 * vit["depth"] // 3, vit["depth"]]
     kwargs = "{" + ", ".join(f"{k}: {v}" for k, v in {**vit, "img_size": w.height, "num_frames": w.clip_frames}.items()) + "}"
     return [
-        f"out_dir={out_dir}",
         f"video.annotations={world_dir / 'annotations.json'}", f"video.video_dir={world_dir / 'videos'}",
         f"video.fps={float(w.fps)}", f"video.size={w.height}", f"video.clip_frames={w.clip_frames}",
         f"video.window_frames={settings.window_frames}", "video.augment=false", f"video.tap_cache={cache}",
@@ -151,7 +147,7 @@ def run_demo(out_dir: str | Path = "e2etal-demo", quick: bool = False, seed: int
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = DemoSettings.quick() if quick else DemoSettings()
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     report: dict = {"settings": {"quick": quick, "seed": seed, "device": str(dev), "machine": platform.machine(),
                                  "threads": torch.get_num_threads()}, "stages_s": {}, "methods": {}}
     t_all = time.perf_counter()
@@ -165,7 +161,7 @@ def run_demo(out_dir: str | Path = "e2etal-demo", quick: bool = False, seed: int
     report["pretrain"] = pretrain_backbone(settings, backbone, seed, dev, progress)
     report["stages_s"]["pretrain"] = time.perf_counter() - t0
 
-    base = method_overrides(settings, world_dir, backbone, out / "tap_cache", out, seed)
+    base = method_overrides(settings, world_dir, backbone, out / "tap_cache", seed)
     for m in methods:
         t0 = time.perf_counter()
         run_dir = out / "runs" / m.name

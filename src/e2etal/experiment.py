@@ -1,5 +1,6 @@
-"""Feature-based experiments from a config: the factory and the Python API behind
-`e2etal train`, `e2etal eval CONFIG --checkpoint` and `e2etal detect --features`.
+"""Experiments from a config: the factory (detector, datasets, tap cache) and the Python
+API behind `e2etal train`, `e2etal eval --checkpoint` and `e2etal detect`, for the three
+methods: the head on pre-extracted features, LoSA and head-only transfer on raw video.
 
     from e2etal.experiment import ExperimentConfig, train, evaluate_checkpoint
     cfg = load_config(ExperimentConfig, "configs/thumos14_i3d.yaml", ["train.epochs=10"])
@@ -19,6 +20,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from e2etal.adapters.frozen import FrozenBackbone, _compute_dtype
+from e2etal.adapters.losa import LoSAAdapters, LoSAConfig
+from e2etal.adapters.tap_cache import TapCache
 from e2etal.config import apply_overrides, from_dict, load_config, to_dict
 from e2etal.data.annotations import Annotations, ClassMap, VideoAnnotation, load_annotations
 from e2etal.data.features import (
@@ -28,10 +32,8 @@ from e2etal.data.features import (
     collate_features,
     feature_grid,
     load_feature_file,
+    resize_features,
 )
-from e2etal.adapters.frozen import FrozenBackbone, _compute_dtype
-from e2etal.adapters.losa import LoSAAdapters, LoSAConfig
-from e2etal.adapters.tap_cache import TapCache
 from e2etal.data.predictions import Detections
 from e2etal.data.video import probe_video
 from e2etal.data.windows import VideoDataConfig, VideoWindows, collate_windows
@@ -97,6 +99,10 @@ class ExperimentConfig:
         return self.video.annotations if self.method != "features" else self.data.annotations
 
     @property
+    def train_subset(self) -> str:
+        return self.video.train_subset if self.method != "features" else self.data.train_subset
+
+    @property
     def val_subset(self) -> str:
         return self.video.val_subset if self.method != "features" else self.data.val_subset
 
@@ -116,7 +122,7 @@ def _check_model_fits_data(cfg: ExperimentConfig, feature_dim: int, classes: Cla
     if cfg.model.input_dim != feature_dim:
         raise ValueError(f"model.input_dim is {cfg.model.input_dim} but the features have {feature_dim} channels")
     if cfg.model.num_classes != len(classes):
-        raise ValueError(f"model.num_classes is {cfg.model.num_classes} but {cfg.data.annotations} has {len(classes)} classes")
+        raise ValueError(f"model.num_classes is {cfg.model.num_classes} but {cfg.annotations} has {len(classes)} classes")
 
 
 def build_detector(cfg: ExperimentConfig):
@@ -161,14 +167,15 @@ def tap_cache_for(cfg: ExperimentConfig, detector: VideoDetector, device: torch.
     return TapCache(cfg.video.tap_cache, settings, store_dtype=compute)
 
 
-def build_datasets(cfg: ExperimentConfig, annotations, classes, detector, device, subsets: tuple[str, ...], training: bool):
-    """Datasets of the given subsets for the config's method (filling the tap cache first)."""
+def build_datasets(cfg: ExperimentConfig, annotations, classes, detector, device, splits: list[tuple[str, bool]]):
+    """One dataset per `(subset, training)` split for the config's method; for raw video
+    with a tap cache, the cache is set up once and filled for every split first."""
     if cfg.method == "features":
-        return [FeatureDataset(cfg.data, annotations, s, classes, training=training, seed=cfg.train.seed) for s in subsets]
+        return [FeatureDataset(cfg.data, annotations, s, classes, training=t, seed=cfg.train.seed) for s, t in splits]
     tubelet = detector.backbone.backbone.tubelet_size
     cache = tap_cache_for(cfg, detector, device)
-    sets = [VideoWindows(cfg.video, annotations, s, classes, training=training, tubelet=tubelet, seed=cfg.train.seed,
-                         tap_cache=cache) for s in subsets]
+    sets = [VideoWindows(cfg.video, annotations, s, classes, training=t, tubelet=tubelet, seed=cfg.train.seed,
+                         tap_cache=cache) for s, t in splits]
     if cache is not None:
         detector.backbone.to(device)
         for ds in sets:
@@ -202,15 +209,14 @@ def _evaluator(cfg: ExperimentConfig, val_set, annotations, device):
 
 
 def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> TrainResult:
-    """Train the head on pre-extracted features; checkpoints go to `cfg.out_dir`."""
+    """Train the config's detector; checkpoints, metrics.csv and logs go to `cfg.out_dir`."""
     torch.manual_seed(cfg.train.seed)
     annotations = load_annotations(cfg.annotations)
     classes = annotations.classes
     device = resolve_device(cfg.train.device)
     detector = build_detector(cfg)
-    train_subset = cfg.data.train_subset if cfg.method == "features" else cfg.video.train_subset
-    (train_set,) = build_datasets(cfg, annotations, classes, detector, device, (train_subset,), training=True)
-    (val_set,) = build_datasets(cfg, annotations, classes, detector, device, (cfg.val_subset,), training=False)
+    train_set, val_set = build_datasets(cfg, annotations, classes, detector, device,
+                                        [(cfg.train_subset, True), (cfg.val_subset, False)])
     _check_model_fits_data(cfg, getattr(train_set, "feature_dim", cfg.model.input_dim), classes)
     log.info("%d training and %d validation videos, %d classes", len(train_set), len(val_set), len(classes))
     trainer = Trainer(
@@ -251,7 +257,7 @@ def evaluate_checkpoint(
     annotations = load_annotations(cfg.annotations)
     subset = subset or cfg.val_subset
     device_ = next(detector.parameters()).device
-    (dataset,) = build_datasets(cfg, annotations, classes, detector, device_, (subset,), training=False)
+    (dataset,) = build_datasets(cfg, annotations, classes, detector, device_, [(subset, False)])
     videos = run_detection(detector, dataset, _collate(ckpt_cfg, training=False), cfg.eval.batch_size, device_, progress)
     detections = as_detections(videos, classes)
     result = evaluate_detections(annotations.subset(subset), detections, cfg.eval.tiou, cfg.eval.keep_duplicates)
@@ -275,10 +281,10 @@ def detect_features(
     video_id = video_id or path.stem
     feats = load_feature_file(path, video_id, cfg.model.input_dim)
     video = VideoAnnotation(video_id, "", duration_s, fps)
-    grid = feature_grid(cfg.data, video, feats.shape[0], str(path))
-    x = torch.from_numpy(np.ascontiguousarray(feats.T))
+    grid = feature_grid(cfg.data, video, str(path))
+    x = torch.from_numpy(np.ascontiguousarray(feats.T))  # [C, T]
     if cfg.data.resize_length is not None:
-        x = torch.nn.functional.interpolate(x[None], size=cfg.data.resize_length, mode="linear", align_corners=False)[0]
+        x = resize_features(x, cfg.data.resize_length)
     item = FeatureItem(video_id, x, torch.zeros(0, 2), torch.zeros(0, dtype=torch.long), grid, duration_s)
     batch = collate_features([item], pad_multiple=cfg.model.max_stride)
     videos = detector.detect(batch.to(next(detector.parameters()).device))

@@ -46,7 +46,8 @@ from torch import Tensor, nn
 
 from e2etal.adapters.frozen import FrozenBackbone
 from e2etal.adapters.losa import LoSAAdapters, LoSAConfig
-from e2etal.backbones.vit import VisionTransformer, vit_base, vit_giant, vit_huge, vit_large, vit_small
+from e2etal.backbones.vit import VisionTransformer
+from e2etal.extract import BACKBONES as PRESETS
 from e2etal.engine.trainer import resolve_device
 from e2etal.heads import HeadConfig, build_head
 from e2etal.heads.actionformer import ActionFormerHead
@@ -68,13 +69,8 @@ __all__ = [
 ]
 
 METHODS = ("frozen", "losa", "adatad", "full")
-BACKBONES: dict[str, Callable[..., VisionTransformer]] = {
-    "vit-s": vit_small,
-    "vit-b": vit_base,
-    "vit-l": vit_large,
-    "vit-h": vit_huge,
-    "vit-g": vit_giant,
-}
+# The ViT presets of `e2etal.extract` (the one preset table): LoSA needs tapped layers.
+BACKBONES: dict[str, Callable[..., VisionTransformer]] = {k: v for k, v in PRESETS.items() if k.startswith("vit-")}
 TINY = "tiny"  # a 4-block, 64-wide ViT at 32 px for smoke tests (CI on CPU)
 TINY_FRAMES, TINY_RES = 64, 32
 DEFAULT_FRAMES, DEFAULT_RES = 768, 224

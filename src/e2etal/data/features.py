@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from e2etal.data.annotations import Annotations, ClassMap, VideoAnnotation
+from e2etal.data.crop import crop_segments, epoch_generator, random_window_start
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def video_fps(cfg: FeatureDataConfig, video: VideoAnnotation, source: str) -> fl
     return fps
 
 
-def feature_grid(cfg: FeatureDataConfig, video: VideoAnnotation, num_features: int, source: str = "annotations") -> FeatureGrid:
+def feature_grid(cfg: FeatureDataConfig, video: VideoAnnotation, source: str = "annotations") -> FeatureGrid:
     """The time grid of a video's features (see the module docstring)."""
     if cfg.resize_length is not None:
         if video.duration_s is None:
@@ -206,9 +207,9 @@ class FeatureDataset(torch.utils.data.Dataset):
         video = self.videos[index]
         path = feature_path(cfg, video.video_id)
         feats = torch.from_numpy(load_feature_file(path, video.video_id, self.feature_dim)).t()  # [C, T]
-        grid = feature_grid(cfg, video, feats.shape[1], self.source)
-        if cfg.resize_length is not None and feats.shape[1] != cfg.resize_length:
-            feats = F.interpolate(feats[None], size=cfg.resize_length, mode="linear", align_corners=False)[0]
+        grid = feature_grid(cfg, video, self.source)
+        if cfg.resize_length is not None:
+            feats = resize_features(feats, cfg.resize_length)
         segments = torch.tensor([[i.start_s, i.end_s] for i in video.instances], dtype=torch.float64).reshape(-1, 2)
         segments = grid.to_feature(segments).float()
         labels = torch.tensor([self.classes.index(i.label) for i in video.instances], dtype=torch.long)
@@ -221,24 +222,24 @@ class FeatureDataset(torch.utils.data.Dataset):
         `crop_ratio`, of a random fraction of their length) keeping, where possible, at
         least one action with `crop_keep_ratio` of its length inside."""
         cfg = self.cfg
-        gen = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
+        gen = epoch_generator(self.seed, self.epoch, index)
         length = feats.shape[1]
         window = cfg.max_seq_len
         if length <= cfg.max_seq_len:
             low, high = cfg.crop_ratio
             ratio = low + (high - low) * float(torch.rand((), generator=gen))
             window = max(1, min(length, round(length * ratio)))
-        for _ in range(10):
-            start = int(torch.randint(0, length - window + 1, (1,), generator=gen))
-            end = start + window
-            inside = (segments.clamp(start, end) - start).clamp(min=0)  # [N, 2] window coordinates
-            kept = inside[:, 1] - inside[:, 0]
-            full = (segments[:, 1] - segments[:, 0]).clamp(min=1e-6)
-            keep = kept / full >= cfg.crop_keep_ratio
-            if keep.any() or len(segments) == 0:
-                break
+        start = random_window_start(torch.arange(length - window + 1), window, segments, cfg.crop_keep_ratio, gen)
+        inside, keep = crop_segments(segments, start, start + window, cfg.crop_keep_ratio)
         window_grid = FeatureGrid(grid.offset_s + start * grid.step_s, grid.step_s)
-        return feats[:, start:end], inside[keep], labels[keep], window_grid
+        return feats[:, start : start + window], inside[keep] - start, labels[keep], window_grid
+
+
+def resize_features(feats: Tensor, length: int) -> Tensor:
+    """[C, T] -> [C, length] by linear interpolation (ActivityNet-style fixed length)."""
+    if feats.shape[1] == length:
+        return feats
+    return F.interpolate(feats[None], size=length, mode="linear", align_corners=False)[0]
 
 
 def collate_features(items: list[FeatureItem], pad_multiple: int, pad_to: int | None = None) -> FeatureBatch:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from e2etal.data.annotations import Annotations, ClassMap, VideoAnnotation
+from e2etal.data.crop import crop_segments, epoch_generator, random_window_start
 from e2etal.data.features import FeatureGrid
 from e2etal.data.video import ClipSampler, VideoError, probe_video, read_frames, to_clips
 
@@ -222,32 +223,21 @@ class VideoWindows(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _generator(self, index: int) -> torch.Generator:
-        return torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
-
     def _instances(self, video: VideoAnnotation, grid: FeatureGrid) -> tuple[Tensor, Tensor]:
         seconds = torch.tensor([[i.start_s, i.end_s] for i in video.instances], dtype=torch.float64).reshape(-1, 2)
         labels = torch.tensor([self.classes.index(i.label) for i in video.instances], dtype=torch.long)
         # Boundaries sit between positions: position j spans [j - 1/2, j + 1/2] on the grid.
         return grid.to_feature(seconds).float(), labels
 
-    def _random_start(self, index: int, video: VideoAnnotation, num_frames: int) -> int:
+    def _random_start(self, index: int, segments_s: Tensor, num_frames: int) -> int:
+        """A training window start on a clip boundary, keeping an action where possible."""
         cfg = self.cfg
         last = num_frames - cfg.window_frames
         if last <= 0:
             return 0
-        gen = self._generator(index)
-        starts = torch.arange(0, last + cfg.clip_frames, cfg.clip_frames)
-        for _ in range(10):
-            start = int(starts[torch.randint(len(starts), (1,), generator=gen)])
-            if not video.instances:
-                return start
-            s_s, e_s = start / cfg.fps, (start + cfg.window_frames) / cfg.fps
-            for inst in video.instances:
-                inside = max(0.0, min(inst.end_s, e_s) - max(inst.start_s, s_s))
-                if inside >= cfg.crop_keep_ratio * max(inst.end_s - inst.start_s, 1e-6):
-                    return start
-        return start
+        candidates = torch.arange(0, last + cfg.clip_frames, cfg.clip_frames)
+        return random_window_start(candidates, cfg.window_frames, segments_s * cfg.fps, cfg.crop_keep_ratio,
+                                   epoch_generator(self.seed, self.epoch, index))
 
     def __getitem__(self, index: int) -> VideoItem:
         cfg = self.cfg
@@ -256,15 +246,14 @@ class VideoWindows(torch.utils.data.Dataset):
         num_frames = self.num_frames[window.video_id]
         start = window.start_frame
         if self.training and cfg.window_frames is not None:
-            start = self._random_start(index, video, num_frames)
+            seconds = torch.tensor([[i.start_s, i.end_s] for i in video.instances], dtype=torch.float64).reshape(-1, 2)
+            start = self._random_start(index, seconds, num_frames)
         frames_in_window = cfg.frames_per_window if cfg.resize_frames else min(cfg.window_frames, num_frames - start)
         num_positions = math.ceil(frames_in_window / self.tubelet)
         grid = window_grid(cfg, start, self.tubelet, video.duration_s)
         segments, labels = self._instances(video, grid)
         if self.training:
-            inside = segments.clamp(-0.5, num_positions - 0.5)
-            length = (segments[:, 1] - segments[:, 0]).clamp(min=1e-6)
-            keep = (inside[:, 1] - inside[:, 0]) / length >= cfg.crop_keep_ratio
+            inside, keep = crop_segments(segments, -0.5, num_positions - 0.5, cfg.crop_keep_ratio)
             segments, labels = inside[keep], labels[keep]
         clips = taps = None
         if self.tap_cache is not None:
@@ -275,7 +264,8 @@ class VideoWindows(torch.utils.data.Dataset):
             end = start + (cfg.frames_per_window if cfg.resize_frames else frames_in_window)
             clips = to_clips(self.read_frames(window.video_id, start, end), self.sampler, cfg.mean, cfg.std)
             if self.training and cfg.augment:
-                clips = self._augment(clips, self._generator(index + 7919))
+                # A stream of its own (index offset), apart from the window draw's.
+                clips = self._augment(clips, epoch_generator(self.seed, self.epoch, index + 7919))
         return VideoItem(window.video_id, start, clips=clips, taps=taps, num_positions=num_positions,
                          segments=segments, labels=labels, grid=grid, duration_s=video.duration_s)
 
