@@ -13,6 +13,8 @@ from e2etal.adapters import (
     frozen_taps,
     pool_tokens,
 )
+from e2etal.backbones import tsm_resnet18, vit_giant
+from e2etal.backbones.tsm_resnet import TSMResNet
 from e2etal.backbones.vit import VisionTransformer
 
 
@@ -26,6 +28,17 @@ def tiny_vit(depth: int = 4, seed: int = 0) -> VisionTransformer:
     torch.manual_seed(seed)
     return VisionTransformer(img_size=PX, patch_size=PATCH, num_frames=FRAMES, embed_dim=D, depth=depth,
                              num_heads=HEADS, mlp_dim=2 * D).eval()
+
+
+def tiny_tsm(seed: int = 0) -> TSMResNet:
+    """A TSM-ResNet18 (stage widths 64/128/256/512) with non-trivial BatchNorm statistics."""
+    torch.manual_seed(seed)
+    model = tsm_resnet18()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
 
 
 def clips(n: int = N_CLIPS, seed: int = 1) -> torch.Tensor:
@@ -122,14 +135,19 @@ def test_frozen_backbone_stays_frozen_and_in_eval_mode():
 # ---------------------------------------------------------------------------------------
 
 
-def build(depth: int = 4, taps=(2, 4), long_mode: str = "attention", seed: int = 0):
-    vit = tiny_vit(depth, seed)
-    cfg = LoSAConfig(taps=taps, grid=GRID, reduction=4, short_window=2, num_heads=4, long_mode=long_mode,
-                     dilations=(1, 2))
-    frozen = FrozenBackbone(vit, taps=cfg.tap_layers(depth), grid=cfg.grid, micro_batch=2)
+def build(depth: int = 4, taps=(2, 4), long_mode: str = "attention", seed: int = 0, backbone: str = "vit"):
+    """Frozen backbone and adapters; for "tsm" a TSM-ResNet18 with its default taps, stages (2, 3, 4)."""
+    module = tiny_vit(depth, seed) if backbone == "vit" else tiny_tsm(seed)
+    cfg = LoSAConfig(taps=taps if backbone == "vit" else None, grid=GRID, reduction=4, short_window=2, num_heads=4,
+                     long_mode=long_mode, dilations=(1, 2))
+    frozen = FrozenBackbone(module, taps=cfg.taps, grid=cfg.grid, micro_batch=2)
     torch.manual_seed(seed + 100)
-    adapters = LoSAAdapters(frozen.width, len(frozen.taps), cfg)
+    adapters = LoSAAdapters(frozen.width, len(frozen.taps), cfg, frozen.tap_widths)
     return frozen, adapters
+
+
+def positions(frozen: FrozenBackbone, n: int = N_CLIPS) -> int:
+    return n * FRAMES // frozen.frames_per_position
 
 
 def run(frozen: FrozenBackbone, adapters: LoSAAdapters, x: torch.Tensor, mask=None) -> torch.Tensor:
@@ -137,25 +155,26 @@ def run(frozen: FrozenBackbone, adapters: LoSAAdapters, x: torch.Tensor, mask=No
     return adapters(tapped[None], last[None], mask)  # [1, T', D]
 
 
-def test_initial_output_is_head_only_transfer_exactly():
-    frozen, adapters = build()
+@pytest.mark.parametrize("backbone", ["vit", "tsm"])
+def test_initial_output_is_head_only_transfer_exactly(backbone):
+    frozen, adapters = build(backbone=backbone)
     x = clips()
     tapped, last = frozen(x)
     mask = torch.ones(1, tapped.shape[0], dtype=torch.bool)
     mask[0, -2:] = False
     fused = adapters(tapped[None], last[None], mask)
-    assert fused.shape == (1, N_CLIPS * T_CLIP, D)
+    assert fused.shape == (1, positions(frozen), frozen.width)
     assert torch.equal(fused, last[None].mean(dim=2))
 
 
-@pytest.mark.parametrize("long_mode", ["attention", "dilated"])
-def test_gradients_reach_every_adapter_parameter_and_no_backbone_parameter(long_mode):
-    frozen, adapters = build(long_mode=long_mode)
+@pytest.mark.parametrize("long_mode,backbone", [("attention", "vit"), ("dilated", "vit"), ("attention", "tsm")])
+def test_gradients_reach_every_adapter_parameter_and_no_backbone_parameter(long_mode, backbone):
+    frozen, adapters = build(long_mode=long_mode, backbone=backbone)
     with torch.no_grad():
         adapters.fusion.scale.normal_()  # the zero-initialised scale blocks gradients upstream of it
         adapters.fusion.tap_logits.normal_()
     x = clips()
-    mask = torch.ones(1, N_CLIPS * T_CLIP, dtype=torch.bool)
+    mask = torch.ones(1, positions(frozen), dtype=torch.bool)
     mask[0, -1] = False
     fused = run(frozen, adapters, x, mask)
     target = torch.randn(fused.shape, generator=torch.Generator().manual_seed(3))
@@ -250,15 +269,80 @@ def test_dilated_mode_runs_and_covers_the_dilation_stack():
 
 def test_config_validation_and_parameter_count():
     assert LoSAConfig(taps=[24, 40], dilations=[1, 3]).taps == (24, 40)
-    assert LoSAConfig().tap_layers(40) == (24, 28, 32, 36, 40)
+    with torch.device("meta"):
+        assert FrozenBackbone(vit_giant(), taps=LoSAConfig().taps).taps == (24, 28, 32, 36, 40)
     for bad in ({"long_mode": "lstm"}, {"grid": 0}, {"taps": ()}, {"taps": (3, 3)}, {"dropout": 1.0},
                 {"dilations": (0,)}, {"long_layers": 0}, {"short_window": -1}):
         with pytest.raises(ValueError):
             LoSAConfig(**bad)
-    with pytest.raises(ValueError, match="exceed"):
-        LoSAConfig(taps=(13,)).tap_layers(12)
     with pytest.raises(ValueError, match="num_heads"):
         LoSAAdapters(64, 1, LoSAConfig(reduction=4, num_heads=5))
+    with pytest.raises(ValueError, match="name 2 taps; expected 3"):
+        LoSAAdapters(64, 3, LoSAConfig(), tap_widths=(16, 64))
+    with pytest.raises(ValueError, match="tap width 128 out of range"):
+        LoSAAdapters(64, 2, LoSAConfig(), tap_widths=(128, 64))
     # ViT-g (D = 1408), 5 taps, r = 4: about 14 M trainable parameters, ~1.4 % of the backbone.
     count = sum(p.numel() for p in LoSAAdapters(1408, 5, LoSAConfig()).parameters())
     assert 10e6 < count < 20e6
+
+
+# ---------------------------------------------------------------------------------------
+# TSM-ResNet backbone: stages as taps, one position per frame, narrower taps zero-padded
+# ---------------------------------------------------------------------------------------
+
+
+def test_frozen_taps_of_a_tsm_resnet_are_its_pooled_stages_zero_padded():
+    tsm, x = tiny_tsm(), clips()
+    taps = (4, 2, 3)
+    tapped, last = frozen_taps(tsm, x, taps, GRID, micro_batch=2)
+    assert tapped.shape == (N_CLIPS * FRAMES, 3, GRID * GRID, 512)  # one position per frame, D = stage 4's width
+    assert last.shape == (N_CLIPS * FRAMES, GRID * GRID, 512)
+    with torch.no_grad():
+        for n in range(N_CLIPS):
+            tokens, stages = tsm.forward_tokens(x[n:n + 1], taps=taps)  # [1, F, h, w, 512]
+            rows = slice(n * FRAMES, (n + 1) * FRAMES)
+            for i, (stage, width) in enumerate(zip(taps, (512, 128, 256))):
+                torch.testing.assert_close(tapped[rows, i, :, :width], pool_tokens(stages[stage], GRID)[0])
+                assert torch.equal(tapped[rows, i, :, width:], torch.zeros_like(tapped[rows, i, :, width:]))
+            torch.testing.assert_close(last[rows], pool_tokens(tokens, GRID)[0])
+    torch.testing.assert_close(tapped[:, 0], last)
+
+
+def test_frozen_tsm_resnet_defaults_widths_and_eval_mode():
+    tsm = tiny_tsm()
+    frozen = FrozenBackbone(tsm, grid=GRID, micro_batch=2)
+    assert frozen.taps == (2, 3, 4) and frozen.tap_widths == (128, 256, 512)
+    assert frozen.width == 512 and frozen.frames_per_position == 1
+    before = frozen(clips(1))
+    nn.ModuleDict({"backbone": frozen}).train()
+    assert not any(m.training for m in tsm.modules())  # BatchNorm keeps its running statistics
+    for a, b in zip(before, frozen(clips(1))):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"stage numbers in 1\.\.4"):
+        FrozenBackbone(tsm, taps=(5,))
+    with pytest.raises(TypeError, match="VisionTransformer or a TSMResNet"):
+        FrozenBackbone(nn.Linear(3, 3))
+
+
+def test_padded_channels_of_narrow_taps_have_no_influence():
+    cfg = LoSAConfig(grid=GRID, reduction=4, short_window=2, num_heads=4)
+    widths = (16, 32, D)
+    torch.manual_seed(0)
+    adapters = LoSAAdapters(D, len(widths), cfg, widths).eval()
+    with torch.no_grad():
+        adapters.fusion.scale.normal_()
+        adapters.fusion.tap_logits.normal_()
+    g = torch.Generator().manual_seed(7)
+    tapped = torch.randn(2, 9, len(widths), GRID * GRID, D, generator=g)
+    last = torch.randn(2, 9, GRID * GRID, D, generator=g)
+    padded, garbage = tapped.clone(), tapped.clone()
+    for i, width in enumerate(widths):
+        padded[:, :, i, :, width:] = 0.0
+        garbage[:, :, i, :, width:] = 100.0 * torch.randn(garbage[:, :, i, :, width:].shape, generator=g)
+    with torch.no_grad():
+        fused = adapters(padded, last)
+        assert not torch.allclose(fused, last.mean(dim=2))  # the adapters do contribute
+        assert torch.equal(adapters(garbage, last), fused)
+        real = padded.clone()
+        real[:, :, 0, :, widths[0] - 1] += 1.0  # the last real channel of the narrowest tap does count
+        assert not torch.allclose(adapters(real, last), fused)

@@ -116,4 +116,4 @@ def test_preset_configs_load_and_build(path):
         with torch.device("meta"):
             detector = build_detector(cfg)
         assert detector.backbone.width == cfg.model.input_dim
-        assert cfg.video.frames_per_window // 2 <= cfg.model.max_seq_len
+        assert cfg.video.frames_per_window // detector.backbone.frames_per_position <= cfg.model.max_seq_len

@@ -136,3 +136,33 @@ def test_grad_checkpointing_matches_and_updates_bn_once():
     for name, buf in plain.named_buffers():
         if "running" in name:
             torch.testing.assert_close(buf, dict(ckpt.named_buffers())[name], msg=name)
+
+
+def test_tapped_forward_gives_each_stage_as_tokens_as_soon_as_it_is_done():
+    torch.manual_seed(0)
+    model = tsm_resnet18().eval()
+    x = torch.randn(2, 3, 4, 64, 64)  # [B, 3, T, H, W]
+    events, stage_maps = [], {}
+    for stage in (1, 2, 3, 4):
+        def hook(module, args, out, stage=stage):
+            events.append(("stage", stage))
+            stage_maps[stage] = out  # [B*T, C, h, w]
+        getattr(model, f"layer{stage}")[-1].register_forward_hook(hook)
+
+    def tap_fn(tokens):
+        events.append(("tap", tokens.shape[-1]))
+        return tokens.clone()
+
+    with torch.no_grad():
+        tokens, tapped = model.forward_tokens(x, taps=(3, 1, 4), tap_fn=tap_fn)
+        assert events == [("stage", 1), ("tap", 64), ("stage", 2), ("stage", 3), ("tap", 256), ("stage", 4),
+                          ("tap", 512)]
+        plain = model(x)
+    assert tokens.shape == (2, 4, 2, 2, 512)  # one temporal position per frame
+    torch.testing.assert_close(tokens.mean(dim=(2, 3)), plain)  # the plain forward's features
+    assert model.stage_widths == (64, 128, 256, 512) and tsm_resnet50().stage_widths == (256, 512, 1024, 2048)
+    for stage, width, side in ((1, 64, 16), (3, 256, 4), (4, 512, 2)):
+        expect = stage_maps[stage].view(2, 4, width, side, side).permute(0, 1, 3, 4, 2)  # [B, T, h, w, C]
+        assert torch.equal(tapped[stage], expect), stage
+    with pytest.raises(ValueError, match=r"tap stages \[0, 5\] out of range"):
+        model.forward_tokens(x, taps=(0, 5))

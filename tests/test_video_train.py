@@ -9,8 +9,19 @@ import torch
 from e2etal.config import load_config
 from e2etal.data.annotations import load_annotations
 from e2etal.data.windows import VideoWindows, collate_windows
-from e2etal.experiment import ExperimentConfig, build_detector, evaluate_checkpoint, train
-from video_fixtures import FPS, make_video_dataset, tiny_video_overrides
+from e2etal.backbones import tsm_resnet18
+from e2etal.experiment import (
+    ExperimentConfig,
+    build_datasets,
+    build_detector,
+    detect_video,
+    evaluate_checkpoint,
+    load_detector,
+    train,
+)
+from video_fixtures import FPS, TSM_R18_OVERRIDES, make_video_dataset, tiny_video_overrides
+
+BACKBONES = {"vit": [], "tsm-r18": TSM_R18_OVERRIDES}  # extra overrides per backbone
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +63,9 @@ def test_training_windows_are_reproducible_and_augmented(videos, tmp_path):
     assert b.start_frame == a.start_frame and not torch.equal(a.clips, b.clips)  # same window, augmented
 
 
-def test_gradients_reach_adapters_and_head_only(videos, tmp_path):
-    cfg = _cfg(videos, tmp_path)
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_gradients_reach_adapters_and_head_only(videos, tmp_path, backbone):
+    cfg = _cfg(videos, tmp_path, *BACKBONES[backbone])
     gt = load_annotations(cfg.video.annotations)
     detector = build_detector(cfg)
     for p in detector.adapters.parameters():  # move off the zero-initialised fusion scale
@@ -87,20 +99,19 @@ def _losses(run_dir):
         return [float(r["train_loss"]) for r in csv.DictReader(f)]
 
 
-@pytest.mark.parametrize("method", ["losa", "frozen"])
-def test_tap_cache_gives_the_same_losses(videos, tmp_path, method):
-    plain = _cfg(videos, tmp_path / "plain", "video.augment=false", method=method)
-    cached = _cfg(videos, tmp_path / "cached", "video.augment=false", f"video.tap_cache={tmp_path / 'cache'}", method=method)
-    train(plain)
-    train(cached)
+@pytest.mark.parametrize("method,backbone", [("losa", "vit"), ("frozen", "vit"), ("losa", "tsm-r18")])
+def test_tap_cache_gives_the_same_losses(videos, tmp_path, method, backbone):
+    extra = ["video.augment=false", *BACKBONES[backbone]]
+    cache = f"video.tap_cache={tmp_path / 'cache'}"
+    train(_cfg(videos, tmp_path / "plain", *extra, method=method))
+    train(_cfg(videos, tmp_path / "cached", *extra, cache, method=method))
     np.testing.assert_allclose(_losses(tmp_path / "cached" / "run"), _losses(tmp_path / "plain" / "run"), rtol=1e-5)
     files = list((tmp_path / "cache").glob("*/*.safetensors"))
     assert len(files) == 6  # every video once
     # a second run reuses the cache; changing a setting that determines the taps starts a new one
-    train(_cfg(videos, tmp_path / "again", "video.augment=false", f"video.tap_cache={tmp_path / 'cache'}", method=method))
+    train(_cfg(videos, tmp_path / "again", *extra, cache, method=method))
     assert len(list((tmp_path / "cache").glob("*/*.safetensors"))) == 6
-    train(_cfg(videos, tmp_path / "other", "video.augment=false", "losa.grid=1", f"video.tap_cache={tmp_path / 'cache'}",
-               method=method))
+    train(_cfg(videos, tmp_path / "other", *extra, "losa.grid=1", cache, method=method))
     assert len(list((tmp_path / "cache").iterdir())) == 2
 
 
@@ -133,3 +144,38 @@ def test_detect_on_a_video_file_with_plot(videos, tmp_path, capsys, shared_data)
     res = json.loads(capsys.readouterr().out)["results"].get("highjump", [])
     assert all(0 <= r["segment"][0] < r["segment"][1] <= 24.3 and r["label"] in ("left", "right") for r in res)
     assert (tmp_path / "hj.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("method", ["losa", "frozen"])
+def test_tsm_resnet_trains_and_detects_on_a_video_file(videos, tmp_path, method):
+    # Weights in the official TSM layout, loaded (weights-only) by the TSM-ResNet path, at
+    # training and again when the checkpoint is reloaded for detection.
+    torch.manual_seed(123)
+    weights = tsm_resnet18().state_dict()
+    official = {"module.base_model." + k.replace(".conv1.", ".conv1.net."): v for k, v in weights.items()}
+    torch.save({"state_dict": official}, tmp_path / "tsm_r18.pth")
+    cfg = _cfg(videos, tmp_path, *TSM_R18_OVERRIDES, f"backbone.checkpoint={tmp_path / 'tsm_r18.pth'}",
+               method=method, epochs=1)
+
+    detector = build_detector(cfg)
+    for k, v in detector.backbone.backbone.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    if method == "losa":  # stages 2, 3, 4: each adapter reads only its stage's channels
+        adapters = [*detector.adapters.short, *detector.adapters.long]
+        assert [a.tap_width for a in adapters] == [128, 256, 512] * 2
+    gt = load_annotations(cfg.video.annotations)
+    (ds,) = build_datasets(cfg, gt, gt.classes, detector, torch.device("cpu"), [("validation", False)])
+    item = ds[1]  # the window of clip4 starting at frame 24
+    tapped, last = detector.backbone(item.clips)
+    assert item.num_positions == tapped.shape[0] == last.shape[0] == 48  # one position per frame
+    assert item.grid.step_s == pytest.approx(1 / FPS)
+    assert item.grid.to_seconds(np.array(0.0)) == pytest.approx(24.5 / FPS)
+
+    train(cfg)
+    reloaded, _, _ = load_detector(tmp_path / "run" / "last", device="cpu")
+    for k, v in reloaded.backbone.backbone.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    dets = detect_video(videos[1] / "clip5.mp4", tmp_path / "run" / "last", progress=False)
+    assert len(dets.video) > 0 and set(dets.video) == {"clip5"}
+    assert (dets.start_s >= 0).all() and (dets.start_s < dets.end_s).all() and (dets.end_s <= 8.0).all()
+    assert set(dets.label) <= {"left", "right"}

@@ -62,3 +62,12 @@ def tiny_video_overrides(gt, videos, out_dir, method="losa", epochs=2):
         f"train.epochs={epochs}", f"train.warmup_epochs={min(1, epochs)}", "train.batch_size=2", "train.lr=0.001",
         "train.eval_every=0", "train.progress=false", "train.tensorboard=false",
     ]
+
+
+# Appended to `tiny_video_overrides`: the same runs on a TSM-ResNet18 (width 512, stages
+# 2, 3, 4 tapped by default, one temporal position per frame: 48 per window).
+TSM_R18_OVERRIDES = [
+    "backbone.name=tsm-r18", "backbone.kwargs={}", "losa.taps=null",
+    "video.mean=[0.485, 0.456, 0.406]", "video.std=[0.229, 0.224, 0.225]",
+    "model.input_dim=512", "model.max_seq_len=48",
+]

@@ -57,8 +57,10 @@ class EvalConfig:
 
 @dataclass
 class BackboneConfig:
-    name: str = "vit-b"  # a preset of e2etal.extract.BACKBONES
-    checkpoint: str | None = None  # official VideoMAE/VideoMAEv2 (or HF) weights; None = random
+    name: str = "vit-b"  # a preset of e2etal.extract.BACKBONES: a ViT (vit-*) or a TSM-ResNet (tsm-r18, tsm-r50)
+    # Official VideoMAE/VideoMAEv2 (or HF) weights for a ViT, torchvision / official TSM
+    # weights for a TSM-ResNet (read weights-only); None = random.
+    checkpoint: str | None = None
     kwargs: dict = field(default_factory=dict)  # constructor overrides, e.g. a small ViT's depth
     micro_batch: int = 8  # clips per frozen forward
     dtype: str = "auto"  # frozen pass: "auto" = bf16 on CUDA, fp32 on CPU; or "bf16", "fp32"
@@ -126,22 +128,23 @@ def _check_model_fits_data(cfg: ExperimentConfig, feature_dim: int, classes: Cla
 
 
 def build_detector(cfg: ExperimentConfig):
-    """The detector a config describes; for video methods the frozen backbone is built and
-    its weights loaded from `backbone.checkpoint`."""
+    """The detector a config describes; for video methods the frozen backbone (a ViT or a
+    TSM-ResNet) is built and its weights loaded from `backbone.checkpoint`."""
     if cfg.method == "features":
         return FeatureDetector(build_head(cfg.model))
-    vit = build_backbone(cfg.backbone.name, cfg.backbone.checkpoint, **cfg.backbone.kwargs).module
+    module = build_backbone(cfg.backbone.name, cfg.backbone.checkpoint, **cfg.backbone.kwargs).module
     # Head-only transfer reads only the last layer, but taps the same layers as LoSA so
     # that both methods share one tap cache.
-    taps = cfg.losa.tap_layers(vit.depth)
-    frozen = FrozenBackbone(vit, taps=taps, grid=cfg.losa.grid, micro_batch=cfg.backbone.micro_batch,
+    frozen = FrozenBackbone(module, taps=cfg.losa.taps, grid=cfg.losa.grid, micro_batch=cfg.backbone.micro_batch,
                             dtype=cfg.backbone.torch_dtype())
     if cfg.model.input_dim != frozen.width:
         raise ValueError(f"model.input_dim is {cfg.model.input_dim} but backbone {cfg.backbone.name} has width {frozen.width}")
-    positions = cfg.video.frames_per_window // vit.tubelet_size
+    positions = cfg.video.frames_per_window // frozen.frames_per_position
     if cfg.model.max_seq_len < positions:
         raise ValueError(f"model.max_seq_len {cfg.model.max_seq_len} is shorter than the {positions} positions of a window")
-    adapters = LoSAAdapters(frozen.width, len(taps), cfg.losa) if cfg.method == "losa" else None
+    adapters = None
+    if cfg.method == "losa":
+        adapters = LoSAAdapters(frozen.width, len(frozen.taps), cfg.losa, frozen.tap_widths)
     return VideoDetector(frozen, build_head(cfg.model), adapters)
 
 
@@ -172,10 +175,10 @@ def build_datasets(cfg: ExperimentConfig, annotations, classes, detector, device
     with a tap cache, the cache is set up once and filled for every split first."""
     if cfg.method == "features":
         return [FeatureDataset(cfg.data, annotations, s, classes, training=t, seed=cfg.train.seed) for s, t in splits]
-    tubelet = detector.backbone.backbone.tubelet_size
+    frames_per_position = detector.backbone.frames_per_position
     cache = tap_cache_for(cfg, detector, device)
-    sets = [VideoWindows(cfg.video, annotations, s, classes, training=t, tubelet=tubelet, seed=cfg.train.seed,
-                         tap_cache=cache) for s, t in splits]
+    sets = [VideoWindows(cfg.video, annotations, s, classes, training=t, frames_per_position=frames_per_position,
+                         seed=cfg.train.seed, tap_cache=cache) for s, t in splits]
     if cache is not None:
         detector.backbone.to(device)
         for ds in sets:
@@ -315,6 +318,6 @@ def detect_video(
     annotations = Annotations(str(path), {video_id: VideoAnnotation(video_id, "all", info.duration_s, info.fps)}, classes)
     video_cfg = dataclasses.replace(cfg.video, video_dir=str(path.parent), file_template=path.name, tap_cache=None)
     dataset = VideoWindows(video_cfg, annotations, "all", classes, training=False,
-                           tubelet=detector.backbone.backbone.tubelet_size)
+                           frames_per_position=detector.backbone.frames_per_position)
     videos = run_detection(detector, dataset, _collate(cfg, training=False), 1, next(detector.parameters()).device, progress)
     return as_detections(videos, classes)

@@ -1,6 +1,12 @@
 """LoSA adapters beside a frozen backbone: the tap pass (`frozen`) and the adapters (`losa`)."""
 
-from e2etal.adapters.frozen import FrozenBackbone, frozen_taps, pool_tokens
+from e2etal.adapters.frozen import (
+    FrozenBackbone,
+    TapLayout,
+    frozen_taps,
+    pool_tokens,
+    tap_layout,
+)
 from e2etal.adapters.losa import (
     DilatedConvBlock,
     GatedFusion,
@@ -19,7 +25,9 @@ __all__ = [
     "LoSAConfig",
     "LongRangeAdapter",
     "ShortRangeAdapter",
+    "TapLayout",
     "TemporalAttentionBlock",
     "frozen_taps",
     "pool_tokens",
+    "tap_layout",
 ]

@@ -3,24 +3,78 @@
 LoSA's adapters read intermediate layers of a frozen video backbone but never
 backpropagate through it, so the backbone runs under `torch.no_grad()` and each tapped
 layer is reduced to a `g x g` spatial grid as soon as the backbone produces it (through
-the ViT's `tap_fn`). What survives the pass is only the pooled taps, `[T', L, g*g, D]`:
+the backbone's `tap_fn`). What survives the pass is only the pooled taps, `[T', L, g*g, D]`:
 peak memory is the weights, one micro-batch of activations and the pooled taps.
 
-Clips are concatenated along time: a window of N clips of F frames (tubelet `s`) gives
-`T' = N * F / s` temporal positions, clip n's positions following clip n-1's.
+Two backbone families can be tapped (`tap_layout` says how): a video ViT, whose layers
+are its blocks, all of width D, and a TSM-ResNet, whose layers are its four stages, of
+growing width (D = the last stage's). A tap narrower than D is zero-padded in channels;
+`FrozenBackbone.tap_widths` tells the adapters how many channels of each tap are real.
+
+Clips are concatenated along time: a window of N clips of F frames gives `T' = N * F / s`
+temporal positions, s the backbone's frames per position (the ViT's tubelet, 1 for a
+TSM-ResNet), clip n's positions following clip n-1's.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from e2etal.backbones.vit import VisionTransformer, default_taps
+from e2etal.backbones.tsm_resnet import DEFAULT_TAPS as RESNET_DEFAULT_TAPS
+from e2etal.backbones.tsm_resnet import TSMResNet
+from e2etal.backbones.vit import TapFn, VisionTransformer, default_taps
 
-__all__ = ["FrozenBackbone", "frozen_taps", "pool_tokens"]
+__all__ = ["FrozenBackbone", "TapLayout", "frozen_taps", "pool_tokens", "tap_layout"]
+
+
+@dataclass(frozen=True)
+class TapLayout:
+    """What the frozen pass needs to know about a backbone's tappable layers."""
+
+    widths: tuple[int, ...]  # channels of layers 1..depth
+    frames_per_position: int  # input frames per temporal position of the output
+    default_taps: tuple[int, ...]  # the layers LoSA reads when the config names none
+    unit: str  # what a layer is ("block", "stage"), for messages
+
+    @property
+    def depth(self) -> int:
+        return len(self.widths)
+
+    @property
+    def width(self) -> int:
+        """D: the last layer's channels, and those of the pooled-tap tensor."""
+        return self.widths[-1]
+
+    def check_taps(self, taps: Sequence[int]) -> None:
+        bad = sorted(layer for layer in taps if not 1 <= layer <= self.depth)
+        if bad:
+            raise ValueError(
+                f"tap layers {bad} out of range; expected 1-based {self.unit} numbers in 1..{self.depth}"
+            )
+
+
+def tap_layout(backbone: nn.Module) -> TapLayout:
+    """The `TapLayout` of a `VisionTransformer` (layers = blocks, frames per position = the
+    tubelet) or a `TSMResNet` (layers = stages 1..4, one position per frame)."""
+    if isinstance(backbone, VisionTransformer):
+        return TapLayout(widths=(backbone.embed_dim,) * backbone.depth, frames_per_position=backbone.tubelet_size,
+                         default_taps=default_taps(backbone.depth), unit="block")
+    if isinstance(backbone, TSMResNet):
+        return TapLayout(widths=backbone.stage_widths, frames_per_position=1, default_taps=RESNET_DEFAULT_TAPS,
+                         unit="stage")
+    raise TypeError(f"LoSA cannot tap a {type(backbone).__name__}; expected a VisionTransformer or a TSMResNet")
+
+
+def _tapped_forward(backbone: nn.Module, x: Tensor, taps: Sequence[int], tap_fn: TapFn) -> tuple[Tensor, dict[int, Tensor]]:
+    """The backbone's tapped forward: last layer's tokens `[n, T, h, w, D]` and `{layer: tap_fn(tokens)}`."""
+    if isinstance(backbone, TSMResNet):
+        return backbone.forward_tokens(x, taps=taps, tap_fn=tap_fn)
+    return backbone(x, taps=taps, tap_fn=tap_fn)
 
 
 def pool_tokens(tokens: Tensor, grid: int) -> Tensor:
@@ -50,7 +104,7 @@ def _compute_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dty
 
 
 def frozen_taps(
-    backbone: VisionTransformer,
+    backbone: VisionTransformer | TSMResNet,
     clips: Tensor,
     taps: Sequence[int],
     grid: int,
@@ -61,22 +115,25 @@ def frozen_taps(
 
     clips: `[N, 3, F, H, W]`, on any device; micro-batches are moved to the backbone's
     device one at a time, so a long window may stay in (pinned) host memory.
-    taps: 1-based layer numbers; grid: side of the pooled grid; micro_batch: clips per
-    backbone call. dtype: autocast dtype of the pass; None means bf16 on CUDA and plain
-    float32 elsewhere; float32 disables autocast.
+    taps: 1-based layer numbers (ViT blocks, TSM-ResNet stages); grid: side of the pooled
+    grid; micro_batch: clips per backbone call. dtype: autocast dtype of the pass; None
+    means bf16 on CUDA and plain float32 elsewhere; float32 disables autocast.
 
     Returns float32 tensors with no autograd history, on the backbone's device:
-      tapped `[N*T, L, g*g, D]`, the tapped layers in the order of `taps`;
-      last   `[N*T, g*g, D]`, the last block's tokens, pooled the same way;
-    where `T = F / tubelet` and clip n's T positions follow clip n-1's.
+      tapped `[N*T, L, g*g, D]`, the tapped layers in the order of `taps`, each in its
+             first `width_l` channels and zero in the rest (D = the last layer's width);
+      last   `[N*T, g*g, D]`, the last layer's tokens, pooled the same way;
+    where `T = F / frames per position` and clip n's T positions follow clip n-1's.
 
     The backbone's train/eval mode is left as it is (`FrozenBackbone` keeps it in eval).
     """
+    layout = tap_layout(backbone)
     taps = tuple(taps)
     if not taps:
         raise ValueError("taps is empty; expected at least one 1-based layer number")
     if len(set(taps)) != len(taps):
         raise ValueError(f"taps {taps} repeat a layer; expected distinct layer numbers")
+    layout.check_taps(taps)
     if clips.ndim != 5 or clips.shape[1] != 3:
         raise ValueError(f"expected clips [N, 3, F, H, W], got shape {tuple(clips.shape)}")
     if micro_batch < 1:
@@ -84,21 +141,21 @@ def frozen_taps(
     num_clips, _, num_frames = clips.shape[:3]
     if num_clips == 0:
         raise ValueError("no clips: expected clips [N, 3, F, H, W] with N >= 1")
-    tubelet = backbone.patch_embed.tubelet_size
-    if num_frames % tubelet:
-        raise ValueError(f"clips of {num_frames} frames do not tile into tubelets of {tubelet} frames")
-    t = num_frames // tubelet
-    width = backbone.embed_dim
+    step = layout.frames_per_position
+    if num_frames % step:
+        raise ValueError(f"clips of {num_frames} frames do not tile into tubelets of {step} frames")
+    t = num_frames // step
+    width = layout.width
     device = next(backbone.parameters()).device
     compute_dtype = _compute_dtype(device, dtype)
 
     # Filled micro-batch by micro-batch, so the pooled taps are never held twice (as a
-    # list of pieces and as their concatenation).
-    tapped = torch.empty(num_clips, t, len(taps), grid * grid, width, device=device)  # [N, T, L, g*g, D]
+    # list of pieces and as their concatenation). Zeros: the padding of narrower taps.
+    tapped = torch.zeros(num_clips, t, len(taps), grid * grid, width, device=device)  # [N, T, L, g*g, D]
     last = torch.empty(num_clips, t, grid * grid, width, device=device)  # [N, T, g*g, D]
 
     def pool(tokens: Tensor) -> Tensor:
-        return pool_tokens(tokens, grid).float()  # [n, T, g*g, D]
+        return pool_tokens(tokens, grid).float()  # [n, T, g*g, D_l]
 
     # no_grad rather than inference_mode: the pooled taps feed trainable adapters, which
     # save them for backward, and inference tensors cannot be saved.
@@ -108,21 +165,25 @@ def frozen_taps(
         for start in range(0, num_clips, micro_batch):
             stop = min(start + micro_batch, num_clips)
             chunk = clips[start:stop].to(device, non_blocking=True)  # [n, 3, F, H, W]
-            tokens, pooled = backbone(chunk, taps=taps, tap_fn=pool)  # [n, T, h, w, D], {layer: [n, T, g*g, D]}
+            tokens, pooled = _tapped_forward(backbone, chunk, taps, pool)  # [n, T, h, w, D], {layer: [n, T, g*g, D_l]}
             last[start:stop] = pool(tokens)
             for i, layer in enumerate(taps):
-                tapped[start:stop, :, i] = pooled[layer]
+                tapped[start:stop, :, i, :, : layout.widths[layer - 1]] = pooled[layer]
             del tokens, pooled
     return tapped.flatten(0, 1), last.flatten(0, 1)  # [N*T, L, g*g, D], [N*T, g*g, D]
 
 
 class FrozenBackbone(nn.Module):
-    """A video ViT that is never trained: no gradients, always in eval mode.
+    """A video backbone (ViT or TSM-ResNet) that is never trained: no gradients, always
+    in eval mode.
 
     `forward(clips [N, 3, F, H, W]) -> (tapped [N*T, L, g*g, D], last [N*T, g*g, D])`
     via `frozen_taps`. The backbone stays in eval mode when a parent module is put in
     train mode, because dropout / drop-path in a frozen encoder would only add noise to
-    the features the adapters learn from.
+    the features the adapters learn from (and BatchNorm must use its running statistics).
+
+    taps: 1-based ViT blocks or TSM-ResNet stages; None = the backbone's default (every
+    4th block of the second half plus the last for a ViT, stages 2, 3, 4 for a ResNet).
 
     The weights are ordinary (non-trainable) parameters of this module, so they appear
     in `parameters()` and `state_dict()`; optimizers should take only parameters with
@@ -131,17 +192,16 @@ class FrozenBackbone(nn.Module):
 
     def __init__(
         self,
-        backbone: VisionTransformer,
+        backbone: VisionTransformer | TSMResNet,
         taps: Sequence[int] | None = None,
         grid: int = 2,
         micro_batch: int = 8,
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
-        taps = tuple(taps) if taps is not None else default_taps(backbone.depth)
-        bad = sorted(layer for layer in taps if not 1 <= layer <= backbone.depth)
-        if bad:
-            raise ValueError(f"tap layers {bad} out of range; expected 1-based block numbers in 1..{backbone.depth}")
+        self.layout = tap_layout(backbone)
+        taps = tuple(taps) if taps is not None else self.layout.default_taps
+        self.layout.check_taps(taps)
         if grid < 1:
             raise ValueError(f"grid must be >= 1, got {grid}")
         if micro_batch < 1:
@@ -156,8 +216,18 @@ class FrozenBackbone(nn.Module):
 
     @property
     def width(self) -> int:
-        """Channels D of the tapped features."""
-        return self.backbone.embed_dim
+        """Channels D of the last layer, and of the tapped features (narrower taps padded)."""
+        return self.layout.width
+
+    @property
+    def tap_widths(self) -> tuple[int, ...]:
+        """Real channels of each tap, in the order of `taps`."""
+        return tuple(self.layout.widths[layer - 1] for layer in self.taps)
+
+    @property
+    def frames_per_position(self) -> int:
+        """Input frames per temporal position: the ViT's tubelet, 1 for a TSM-ResNet."""
+        return self.layout.frames_per_position
 
     def train(self, mode: bool = True) -> "FrozenBackbone":
         super().train(mode)

@@ -7,9 +7,12 @@ per-position features for the TAL head:
                                └─ per tap: LongRangeAdapter ──┴─ GatedFusion ─▶ [B, T', D]
     last   [B, T', g*g, D] ──── spatial mean ──────────────────────────┘ (+ scale * ...)
 
-Every adapter works at the reduced width `d = D / reduction`. The fusion adds its
-result to the last layer's pooled features through a per-channel scale that starts at
-zero, so an untrained LoSA returns exactly the head-only-transfer features.
+D is the last layer's width. A tap may be narrower (the early stages of a TSM-ResNet):
+it arrives zero-padded to D and its adapters read only its own `width_l` channels, so
+the padding never reaches them (nor their LayerNorm statistics). Every adapter works at
+the common reduced width `d = D / reduction`. The fusion adds its result to the last
+layer's pooled features through a per-channel scale that starts at zero, so an
+untrained LoSA returns exactly the head-only-transfer features.
 
 Padded positions (mask False) never influence valid ones: they are zeroed before every
 temporal convolution and excluded as attention keys, so a valid position's output equals
@@ -19,13 +22,12 @@ and the fused features there equal the last layer's pooled features.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from e2etal.backbones.vit import default_taps
 
 __all__ = [
     "DilatedConvBlock",
@@ -42,8 +44,9 @@ LONG_MODES = ("attention", "dilated")
 
 @dataclass
 class LoSAConfig:
-    # Backbone layers read (1-based); None -> default_taps(depth): every 4th layer of the
-    # second half plus the last, (24, 28, 32, 36, 40) for ViT-g.
+    # Backbone layers read (1-based): ViT blocks or TSM-ResNet stages. None -> the
+    # backbone's default (`FrozenBackbone`): for a ViT every 4th block of the second half
+    # plus the last, (24, 28, 32, 36, 40) for ViT-g; for a TSM-ResNet stages (2, 3, 4).
     taps: tuple[int, ...] | None = None
     grid: int = 2  # side of the pooled spatial grid of each tap (g x g tokens per position)
     reduction: int = 4  # adapters work at width D / reduction
@@ -83,14 +86,6 @@ class LoSAConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoSAConfig.dropout must be in [0, 1), got {self.dropout}")
 
-    def tap_layers(self, depth: int) -> tuple[int, ...]:
-        """The tapped layers for a backbone of `depth` blocks."""
-        taps = self.taps if self.taps is not None else default_taps(depth)
-        bad = sorted(layer for layer in taps if layer > depth)
-        if bad:
-            raise ValueError(f"LoSAConfig.taps {bad} exceed the backbone depth {depth}")
-        return taps
-
     def adapter_width(self, dim: int) -> int:
         """Width `d = D / reduction` of the adapters, checked against the head count."""
         if dim % self.reduction:
@@ -102,6 +97,15 @@ class LoSAConfig:
                 f"LoSAConfig.num_heads {self.num_heads}"
             )
         return width
+
+
+def _tap_width(dim: int, tap_width: int | None) -> int:
+    """Real channels of a tap padded to `dim`: `tap_width`, default all of them."""
+    if tap_width is None:
+        return dim
+    if not 1 <= tap_width <= dim:
+        raise ValueError(f"tap width {tap_width} out of range; expected 1..{dim} (the width D of the padded taps)")
+    return tap_width
 
 
 def _valid(mask: Tensor, x: Tensor) -> Tensor:
@@ -129,9 +133,10 @@ class ShortRangeAdapter(nn.Module):
     """Fine, local motion: each position attends to the spatial tokens around it in time.
 
     `forward(tap [B, T', g*g, D], mask [B, T'] bool) -> [B, T', d]`, d = D / reduction.
+    Only the tap's first `tap_width` channels (default D) are read; the rest is padding.
 
-    1. LayerNorm + down-projection D -> d (the tapped residual stream is not normalised,
-       and its scale differs from layer to layer).
+    1. LayerNorm + down-projection tap_width -> d (the tapped residual stream is not
+       normalised, and its scale differs from layer to layer).
     2. A residual depthwise 3-D conv over (time 3, grid k x k): local spatio-temporal
        mixing before the attention, so keys already carry their neighbours' motion.
     3. Multi-head cross-attention: position t's query is its spatially pooled token; its
@@ -139,16 +144,17 @@ class ShortRangeAdapter(nn.Module):
        padded: masked). The output is the pooled token plus the attention result.
     """
 
-    def __init__(self, dim: int, cfg: LoSAConfig):
+    def __init__(self, dim: int, cfg: LoSAConfig, tap_width: int | None = None):
         super().__init__()
         width = cfg.adapter_width(dim)
+        self.tap_width = _tap_width(dim, tap_width)
         self.grid = cfg.grid
         self.window = cfg.short_window
         self.num_heads = cfg.num_heads
         self.head_dim = width // cfg.num_heads
         self.dropout = cfg.dropout
-        self.norm_in = nn.LayerNorm(dim)
-        self.down = nn.Linear(dim, width)
+        self.norm_in = nn.LayerNorm(self.tap_width)
+        self.down = nn.Linear(self.tap_width, width)
         # A 1x1 grid has no spatial neighbours: the kernel collapses to time only.
         k = 3 if cfg.grid > 1 else 1
         self.conv = nn.Conv3d(width, width, (3, k, k), padding=(1, k // 2, k // 2), groups=width)
@@ -164,7 +170,8 @@ class ShortRangeAdapter(nn.Module):
         if S != self.grid * self.grid:
             raise ValueError(f"tap has {S} spatial tokens; expected grid {self.grid}x{self.grid} = {self.grid ** 2}")
         g = self.grid
-        x = self.down(self.norm_in(tap)) * _valid(mask, tap)  # [B, T', S, d], padded positions zero
+        x = self.down(self.norm_in(tap[..., : self.tap_width]))  # [B, T', S, d]
+        x = x * _valid(mask, tap)  # padded positions zero
 
         # Conv block over (time, grid); zeros at padded positions act as the conv's padding.
         y = x.permute(0, 3, 1, 2).unflatten(3, (g, g))  # [B, d, T', g, g]
@@ -276,16 +283,18 @@ class LongRangeAdapter(nn.Module):
     """Context across the untrimmed window.
 
     `forward(pooled [B, T', D], mask [B, T'] bool) -> [B, T', d]`: LayerNorm +
-    down-projection D -> d, then `long_layers` temporal self-attention blocks over the
+    down-projection of the first `tap_width` channels (default D; the rest is padding)
+    to d, then `long_layers` temporal self-attention blocks over the
     whole window, or (long_mode "dilated") `long_layers` repeats of one dilated conv
     layer per entry of `dilations`.
     """
 
-    def __init__(self, dim: int, cfg: LoSAConfig):
+    def __init__(self, dim: int, cfg: LoSAConfig, tap_width: int | None = None):
         super().__init__()
         width = cfg.adapter_width(dim)
-        self.norm_in = nn.LayerNorm(dim)
-        self.down = nn.Linear(dim, width)
+        self.tap_width = _tap_width(dim, tap_width)
+        self.norm_in = nn.LayerNorm(self.tap_width)
+        self.down = nn.Linear(self.tap_width, width)
         if cfg.long_mode == "attention":
             layers = [TemporalAttentionBlock(width, cfg.num_heads, cfg.dropout) for _ in range(cfg.long_layers)]
         else:
@@ -297,7 +306,7 @@ class LongRangeAdapter(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     def forward(self, pooled: Tensor, mask: Tensor) -> Tensor:
-        x = self.down(self.norm_in(pooled))  # [B, T', d]
+        x = self.down(self.norm_in(pooled[..., : self.tap_width]))  # [B, T', d]
         for layer in self.layers:
             x = layer(x, mask)
         return x * _valid(mask, x)  # [B, T', d]
@@ -347,17 +356,22 @@ class LoSAAdapters(nn.Module):
     `forward(tapped [B, T', L, g*g, D], last [B, T', g*g, D], mask [B, T'] bool | None)
     -> fused [B, T', D]`, where `tapped` / `last` are `FrozenBackbone` outputs (with a
     batch axis) and mask marks valid (un-padded) positions; None means all valid.
+    `tap_widths` are the real channels of each tap (`FrozenBackbone.tap_widths`); None
+    means all D.
     """
 
-    def __init__(self, dim: int, num_taps: int, cfg: LoSAConfig):
+    def __init__(self, dim: int, num_taps: int, cfg: LoSAConfig, tap_widths: Sequence[int] | None = None):
         super().__init__()
         if num_taps < 1:
             raise ValueError(f"num_taps must be >= 1, got {num_taps}")
+        tap_widths = tuple(tap_widths) if tap_widths is not None else (dim,) * num_taps
+        if len(tap_widths) != num_taps:
+            raise ValueError(f"tap_widths {tap_widths} name {len(tap_widths)} taps; expected {num_taps}")
         self.dim = dim
         self.num_taps = num_taps
         self.grid = cfg.grid
-        self.short = nn.ModuleList(ShortRangeAdapter(dim, cfg) for _ in range(num_taps))
-        self.long = nn.ModuleList(LongRangeAdapter(dim, cfg) for _ in range(num_taps))
+        self.short = nn.ModuleList(ShortRangeAdapter(dim, cfg, w) for w in tap_widths)
+        self.long = nn.ModuleList(LongRangeAdapter(dim, cfg, w) for w in tap_widths)
         self.fusion = GatedFusion(dim, num_taps, cfg)
 
     def forward(self, tapped: Tensor, last: Tensor, mask: Tensor | None = None) -> Tensor:

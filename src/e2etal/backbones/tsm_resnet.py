@@ -4,6 +4,9 @@ Each residual block shifts 1/8 of its input channels one frame back in time and 
 1/8 one frame forward, inside the residual branch just before `conv1` ("residual shift"
 of Lin et al., ICCV 2019); the identity path is not shifted. Ends are zero-padded.
 
+For LoSA the four stages (`layer1..layer4`) are the tappable layers, numbered 1..4
+(`forward_tokens`); a TSM-ResNet has one temporal position per frame.
+
 Parameter names are torchvision's ResNet names (`conv1`, `bn1`, `layer1.0.conv1`, ...,
 `layer2.0.downsample.0/1`, `fc`), so torchvision ImageNet and Kinetics ResNet state dicts
 load without renaming (see `e2etal.backbones.checkpoint` for other layouts). The shift
@@ -13,13 +16,25 @@ has no parameters, so it does not change the names.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["BasicBlock", "Bottleneck", "TSMResNet", "temporal_shift", "tsm_resnet18", "tsm_resnet50"]
+__all__ = [
+    "DEFAULT_TAPS",
+    "BasicBlock",
+    "Bottleneck",
+    "TSMResNet",
+    "temporal_shift",
+    "tsm_resnet18",
+    "tsm_resnet50",
+]
+
+# Stages LoSA reads by default: 2, 3 and 4 (the last). Stage 1 is left out: it is the
+# widest map (1/4 resolution) and its features are low-level edges and colours.
+DEFAULT_TAPS = (2, 3, 4)
 
 
 def temporal_shift(x: Tensor, num_segments: int, shift_div: int = 8) -> Tensor:
@@ -130,6 +145,8 @@ class TSMResNet(nn.Module):
 
     forward: `[B, 3, T, H, W] -> [B, T, C]` (C = 512 for R18, 2048 for R50); the shift
     uses T of the input as `num_segments`. `fc` exists only when `num_classes > 0`.
+    `stage_widths` are the channels of stages 1..4: (64, 128, 256, 512) for R18,
+    (256, 512, 1024, 2048) for R50.
     """
 
     def __init__(
@@ -153,7 +170,8 @@ class TSMResNet(nn.Module):
         self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
         self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
         self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
-        self.num_features = 512 * block.expansion
+        self.stage_widths = tuple(planes * block.expansion for planes in (64, 128, 256, 512))
+        self.num_features = self.stage_widths[-1]
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else None
         for m in self.modules():
@@ -187,21 +205,58 @@ class TSMResNet(nn.Module):
             )
         return block(x, num_segments)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _trunk(
+        self, x: Tensor, taps: Sequence[int], tap_fn: Callable[[Tensor], Tensor] | None
+    ) -> tuple[Tensor, dict[int, Tensor]]:
+        """`[B, 3, T, H, W]` -> the last stage's maps `[B*T, C, h, w]` and the taps of `forward_tokens`."""
+        tap_set = set(taps)
+        bad = sorted(stage for stage in tap_set if not 1 <= stage <= 4)
+        if bad:
+            raise ValueError(f"tap stages {bad} out of range; expected 1-based stage numbers in 1..4")
         B, C, T, H, W = x.shape  # [B, 3, T, H, W]
         x = x.transpose(1, 2).reshape(B * T, C, H, W)  # [B*T, 3, H, W]
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+        tapped: dict[int, Tensor] = {}
+        for stage, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), start=1):
             for block in layer:
                 x = self._run_block(block, x, T)
-        x = self.avgpool(x).flatten(1)  # [B*T, C]
-        return x.view(B, T, self.num_features)  # [B, T, C]
+            if stage in tap_set:
+                tokens = _as_tokens(x, B, T)
+                tapped[stage] = tap_fn(tokens) if tap_fn is not None else tokens
+        return x, tapped
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, _, T = x.shape[:3]  # [B, 3, T, H, W]
+        maps, _ = self._trunk(x, (), None)  # [B*T, C, h, w]
+        return self.avgpool(maps).flatten(1).view(B, T, self.num_features)  # [B, T, C]
+
+    def forward_tokens(
+        self, x: Tensor, taps: Sequence[int] = (), tap_fn: Callable[[Tensor], Tensor] | None = None
+    ) -> tuple[Tensor, dict[int, Tensor]]:
+        """The tapped forward of LoSA's frozen pass, as `VisionTransformer.forward`.
+
+        x: `[B, 3, T, H, W]`. Returns the last stage's maps as tokens `[B, T, h, w, C]`
+        (one temporal position per frame) and `{stage: tapped}` for each 1-based stage in
+        `taps` (`layer1` .. `layer4`), where `tapped` is `tap_fn(tokens [B, T, h_s, w_s,
+        C_s])` (the tokens themselves without `tap_fn`). `tap_fn` runs as soon as the stage
+        is computed, so a pooled tap does not keep the full map alive. Tokens are a
+        channels-last view of the maps, not a copy.
+        """
+        B, _, T = x.shape[:3]
+        maps, tapped = self._trunk(x, taps, tap_fn)
+        return _as_tokens(maps, B, T), tapped
 
     def classify(self, x: Tensor) -> Tensor:
         """Clip logits `[B, num_classes]`: `fc` on per-frame features averaged over time (TSN consensus)."""
         if self.fc is None:
             raise ValueError("this TSMResNet has no fc (built with num_classes=0)")
         return self.fc(self.forward(x).mean(dim=1))
+
+
+def _as_tokens(maps: Tensor, batch: int, frames: int) -> Tensor:
+    """Per-frame maps `[B*T, C, h, w]` as a token view `[B, T, h, w, C]`."""
+    _, c, h, w = maps.shape
+    return maps.view(batch, frames, c, h, w).permute(0, 1, 3, 4, 2)
 
 
 def tsm_resnet18(**kwargs) -> TSMResNet:

@@ -404,10 +404,9 @@ def _run_frozen(s: BenchSettings, clips: Tensor, target: tuple[Tensor, Tensor]) 
 def _run_losa(s: BenchSettings, clips: Tensor, target: tuple[Tensor, Tensor]) -> dict:
     cfg = LoSAConfig()
     vit = _build_vit(s)
-    taps = cfg.tap_layers(vit.depth)
-    frozen = FrozenBackbone(vit, taps, cfg.grid, s.micro_batch, s.compute_dtype)
+    frozen = FrozenBackbone(vit, cfg.taps, cfg.grid, s.micro_batch, s.compute_dtype)
     torch.manual_seed(0)
-    adapters = LoSAAdapters(vit.embed_dim, len(taps), cfg).to(s.device).train()
+    adapters = LoSAAdapters(vit.embed_dim, len(frozen.taps), cfg).to(s.device).train()
     head = _build_head(s).train()
     trainable = [*adapters.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(trainable, lr=LEARNING_RATE)
@@ -430,7 +429,7 @@ def _run_losa(s: BenchSettings, clips: Tensor, target: tuple[Tensor, Tensor]) ->
         )
     params = {"backbone": _numel(vit.parameters()), "adapters": _numel(adapters.parameters()),
               "head": _numel(head.parameters())}
-    notes = (f"taps {list(taps)} pooled {cfg.grid}x{cfg.grid} under no_grad, micro-batches of {s.micro_batch} "
+    notes = (f"taps {list(frozen.taps)} pooled {cfg.grid}x{cfg.grid} under no_grad, micro-batches of {s.micro_batch} "
              "clips; no backbone gradients")
     return _row("losa", step_s, peak, params, _numel(trainable), backbone_grads, False, notes)
 

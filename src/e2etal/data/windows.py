@@ -2,8 +2,9 @@
 
 A video is decoded at `fps` and resized to `size x size`; a window of `window_frames`
 frames is cut into clips of `clip_frames` frames, and the backbone turns each clip into
-`clip_frames / tubelet` temporal positions. Position j of a window that starts at frame
-s covers frames [s + t*j, s + t*(j+1)) (t = tubelet), so its centre is at
+`clip_frames / t` temporal positions, t = the backbone's frames per position (a ViT's
+tubelet, 1 for a TSM-ResNet: `FrozenBackbone.frames_per_position`). Position j of a
+window that starts at frame s covers frames [s + t*j, s + t*(j+1)), so its centre is at
 `(s + t*j + t/2) / fps` seconds: the window's time grid has `step_s = t / fps` and
 `offset_s = (s + t/2) / fps`.
 
@@ -147,11 +148,12 @@ def collate_windows(items: list[VideoItem], pad_multiple: int) -> VideoBatch:
     )
 
 
-def window_grid(cfg: VideoDataConfig, start_frame: int, tubelet: int, duration_s: float | None) -> FeatureGrid:
+def window_grid(cfg: VideoDataConfig, start_frame: int, frames_per_position: int, duration_s: float | None) -> FeatureGrid:
+    t = frames_per_position
     if cfg.resize_frames is not None:
         frame_s = duration_s / cfg.resize_frames
-        return FeatureGrid(offset_s=tubelet * frame_s / 2, step_s=tubelet * frame_s)
-    return FeatureGrid(offset_s=(start_frame + tubelet / 2) / cfg.fps, step_s=tubelet / cfg.fps)
+        return FeatureGrid(offset_s=t * frame_s / 2, step_s=t * frame_s)
+    return FeatureGrid(offset_s=(start_frame + t / 2) / cfg.fps, step_s=t / cfg.fps)
 
 
 class VideoWindows(torch.utils.data.Dataset):
@@ -163,11 +165,13 @@ class VideoWindows(torch.utils.data.Dataset):
     to the duration, and augments when `cfg.augment`; otherwise the windows tile each
     video. With a `tap_cache` (filled beforehand by `TapCache.fill`), items carry the
     window's slice of the cached pooled taps instead of decoded clips.
+    `frames_per_position` is the backbone's (`FrozenBackbone.frames_per_position`).
     """
 
     def __init__(self, cfg: VideoDataConfig, annotations: Annotations, subset: str, classes: ClassMap,
-                 training: bool, tubelet: int = 2, seed: int = 0, tap_cache=None):
-        self.cfg, self.classes, self.training, self.tubelet, self.seed = cfg, classes, training, tubelet, seed
+                 training: bool, frames_per_position: int = 2, seed: int = 0, tap_cache=None):
+        self.cfg, self.classes, self.training, self.seed = cfg, classes, training, seed
+        self.frames_per_position = frames_per_position
         if tap_cache is not None and training and cfg.augment:
             raise ValueError("video.tap_cache needs video.augment=false: augmented windows differ every epoch")
         self.tap_cache = tap_cache
@@ -249,8 +253,8 @@ class VideoWindows(torch.utils.data.Dataset):
             seconds = torch.tensor([[i.start_s, i.end_s] for i in video.instances], dtype=torch.float64).reshape(-1, 2)
             start = self._random_start(index, seconds, num_frames)
         frames_in_window = cfg.frames_per_window if cfg.resize_frames else min(cfg.window_frames, num_frames - start)
-        num_positions = math.ceil(frames_in_window / self.tubelet)
-        grid = window_grid(cfg, start, self.tubelet, video.duration_s)
+        num_positions = math.ceil(frames_in_window / self.frames_per_position)
+        grid = window_grid(cfg, start, self.frames_per_position, video.duration_s)
         segments, labels = self._instances(video, grid)
         if self.training:
             inside, keep = crop_segments(segments, -0.5, num_positions - 0.5, cfg.crop_keep_ratio)
@@ -258,7 +262,7 @@ class VideoWindows(torch.utils.data.Dataset):
         clips = taps = None
         if self.tap_cache is not None:
             tapped, last = self.tap_cache.load(window.video_id)
-            first = start // self.tubelet
+            first = start // self.frames_per_position
             taps = (tapped[first : first + num_positions], last[first : first + num_positions])
         else:
             end = start + (cfg.frames_per_window if cfg.resize_frames else frames_in_window)
