@@ -25,3 +25,26 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
     # the pretrained backbone is an official-layout checkpoint
     state = torch.load(out / "backbone" / "tiny_vit_pretrained.pth", weights_only=True)
     assert "model" in state and "head.weight" in state["model"] and "blocks.0.attn.q_bias" in state["model"]
+
+
+def test_mirror_flip_relabels_directional_classes():
+    from e2etal.demo import mirror_flip
+    from e2etal.synthetic import CLASS_NAMES, mirror_label_ids
+
+    mirror = torch.tensor(mirror_label_ids(7))  # spin_counterclockwise (8th) is not in this world
+    names = CLASS_NAMES[:7]
+    assert names[mirror[names.index("move_left")]] == "move_right"
+    assert names[mirror[names.index("move_right")]] == "move_left"
+    assert names[mirror[names.index("approach")]] == "approach"
+    assert mirror[names.index("spin_clockwise")] == -1
+    assert mirror_label_ids(9)[CLASS_NAMES.index("spin_clockwise")] == CLASS_NAMES.index("spin_counterclockwise")
+
+    labels = torch.arange(7).repeat(20)
+    clips = torch.randint(0, 256, (len(labels), 2, 4, 6, 3), dtype=torch.uint8)
+    out, new = mirror_flip(clips, labels, mirror, torch.Generator().manual_seed(0))
+    flipped = (out != clips).flatten(1).any(1)
+    assert 0 < int(flipped.sum()) < len(labels)  # about half
+    assert torch.equal(out[flipped], clips[flipped].flip(-2))
+    assert torch.equal(new[flipped], mirror[labels[flipped]])
+    assert torch.equal(new[~flipped], labels[~flipped])
+    assert not flipped[labels == names.index("spin_clockwise")].any()  # no mirror class: never flipped

@@ -69,7 +69,7 @@ def test_make_world_writes_decodable_videos_and_valid_ground_truth(tmp_path):
 
     assert sorted(gt.videos) == ["train_000", "train_001", "val_000"]
     assert gt.subsets == ["training", "validation"]
-    assert world["config"] == dataclasses.asdict(TINY) and world["seed"] == 3
+    assert WorldConfig(**world["config"]) == TINY and world["seed"] == 3  # world.json rebuilds the config
     assert [c["label"] for c in world["classes"]] == list(TINY.class_names)
     for vid, video in gt.videos.items():
         assert video.fps == TINY.fps and raw[vid]["fps"] == TINY.fps
@@ -198,7 +198,29 @@ def test_cli_writes_a_world(tmp_path, capsys):
 @pytest.mark.parametrize("change, field", [
     ({"height": 33}, "height"), ({"fps": 7.5}, "fps"), ({"num_classes": 99}, "num_classes"),
     ({"min_video_s": 3.0}, "min_video_s"), ({"max_instances": 0}, "max_instances"),
+    ({"object_size": (0.2, 0.1)}, "object_size"), ({"object_size": 0.1}, "object_size"),
+    ({"background_contrast": (-1.0, 5.0)}, "background_contrast"),
 ])
 def test_config_errors_name_the_field(change, field):
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(TINY, **change)
+
+
+def test_object_size_and_background_contrast_shape_the_frames():
+    flat = dataclasses.replace(TINY, background_contrast=[0.0, 0.0], num_distractors=0)
+    assert flat.background_contrast == (0.0, 0.0)  # lists (YAML, JSON) become tuples
+    frames, _ = render_video(flat, seed=3)
+    first = frames[0].float()
+    # a flat background: most pixels sit within sensor noise of the frame's median colour
+    near_median = (first - first.flatten(0, 1).median(0).values).abs().amax(-1) <= 8
+    assert near_median.float().mean() > 0.8
+    textured, _ = render_video(dataclasses.replace(flat, background_contrast=(30.0, 30.0)), seed=3)
+    assert textured[0].float().std() > 2 * first.std()
+
+    def object_pixels(size):
+        cfg = dataclasses.replace(flat, object_size=size)
+        clips, _ = make_trimmed_clips(cfg, 12, seed=5)
+        background = clips.float().flatten(2, 3).median(2).values[:, :, None]  # [N, T, 1, 3]
+        return ((clips.float().flatten(2, 3) - background).abs().amax(-1) > 40).float().mean()
+
+    assert object_pixels((0.2, 0.25)) > 3 * object_pixels((0.06, 0.08))

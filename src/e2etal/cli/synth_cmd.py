@@ -41,6 +41,13 @@ def register(sub) -> None:
                    f"(default {_DEFAULTS.min_instances} {_DEFAULTS.max_instances})")
     p.add_argument("--distractors", type=int, default=_DEFAULTS.num_distractors, metavar="N",
                    help=f"random-walk distractor objects in view (default {_DEFAULTS.num_distractors})")
+    p.add_argument("--object-size", type=float, nargs=2, default=_DEFAULTS.object_size, metavar=("MIN", "MAX"),
+                   help="half-length range of every object, fraction of the frame side "
+                   f"(default {_DEFAULTS.object_size[0]:g} {_DEFAULTS.object_size[1]:g})")
+    p.add_argument("--background-contrast", type=float, nargs=2, default=_DEFAULTS.background_contrast,
+                   metavar=("MIN", "MAX"), help="range of the background texture's brightness std, 0-255; "
+                   f"0 0 = a flat background (default {_DEFAULTS.background_contrast[0]:g} "
+                   f"{_DEFAULTS.background_contrast[1]:g})")
     p.add_argument("--clips", type=int, default=0, metavar="N",
                    help="also write N trimmed classification clips to OUT/clips/ with labels in "
                    "OUT/clips.json (default 0)")
@@ -64,6 +71,8 @@ def config_from_args(args) -> WorldConfig:
         min_instances=args.instances[0],
         max_instances=args.instances[1],
         num_distractors=args.distractors,
+        object_size=tuple(args.object_size),
+        background_contrast=tuple(args.background_contrast),
         clip_frames=args.clip_frames,
     )
 

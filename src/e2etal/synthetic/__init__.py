@@ -7,7 +7,7 @@
 Action classes differ only in how objects move over time; see docs/synthetic.md.
 """
 
-from e2etal.synthetic.motions import ACTION_CLASSES, CLASS_NAMES, ActionClass
+from e2etal.synthetic.motions import ACTION_CLASSES, CLASS_NAMES, ActionClass, mirror_label_ids
 from e2etal.synthetic.world import (
     WorldConfig,
     make_trimmed_clips,
@@ -26,6 +26,7 @@ __all__ = [
     "WorldConfig",
     "make_trimmed_clips",
     "make_world",
+    "mirror_label_ids",
     "render_clip",
     "render_video",
     "video_codec",

@@ -236,19 +236,29 @@ class ActionClass:
     name: str
     description: str
     motion: Callable[[np.random.Generator, int, float, Canvas], list[Poses]]
+    mirror: str | None = None  # the class of a left-right mirrored instance; None = this class
 
 
 # The order is the `label_id`; a world with K classes uses the first K.
 ACTION_CLASSES: tuple[ActionClass, ...] = (
-    ActionClass("move_left", "glides leftwards in a straight line at constant speed", _slide(-1.0)),
-    ActionClass("move_right", "glides rightwards in a straight line at constant speed", _slide(1.0)),
+    ActionClass("move_left", "glides leftwards in a straight line at constant speed", _slide(-1.0), "move_right"),
+    ActionClass("move_right", "glides rightwards in a straight line at constant speed", _slide(1.0), "move_left"),
     ActionClass("pulse_slow", "grows and shrinks in place, 0.4-0.7 Hz", _pulse(0.4, 0.7)),
     ActionClass("pulse_fast", "grows and shrinks in place, 1.6-2.2 Hz", _pulse(1.6, 2.2)),
     ActionClass("approach", "two objects move towards each other until they nearly touch", _approach_or_separate(True)),
     ActionClass("separate", "two nearly touching objects move apart", _approach_or_separate(False)),
-    ActionClass("spin_clockwise", "turns clockwise at 120-220 degrees/s", _spin(1.0)),
-    ActionClass("spin_counterclockwise", "turns counter-clockwise at 120-220 degrees/s", _spin(-1.0)),
+    ActionClass("spin_clockwise", "turns clockwise at 120-220 degrees/s", _spin(1.0), "spin_counterclockwise"),
+    ActionClass("spin_counterclockwise", "turns counter-clockwise at 120-220 degrees/s", _spin(-1.0), "spin_clockwise"),
     ActionClass("hop", "bounces up and down (0.9-1.5 hops/s) while drifting sideways", _hop),
 )
 
 CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in ACTION_CLASSES)
+
+
+def mirror_label_ids(num_classes: int) -> list[int]:
+    """For each of the first `num_classes` classes, the `label_id` that a left-right mirrored
+    instance of it belongs to (itself for symmetric motions), or -1 when that class is not
+    among the first `num_classes`: a flip augmentation must relabel or skip such clips."""
+    names = CLASS_NAMES[:num_classes]
+    mirrored = [c.mirror or c.name for c in ACTION_CLASSES[:num_classes]]
+    return [names.index(m) if m in names else -1 for m in mirrored]

@@ -15,10 +15,8 @@ import numpy as np
 from e2etal.synthetic.motions import Canvas, Poses
 
 SHAPES = ("ellipse", "box", "wedge")
-HALF_LENGTH = (0.065, 0.11)  # object half-length, fraction of the frame's shorter side
 ASPECT = (1.6, 2.6)  # length / width; never round, so turning is always visible
 BACKGROUND_CORRELATION = 0.05  # texture blob size, fraction of the shorter side
-BACKGROUND_CONTRAST = (18.0, 32.0)  # std of the texture's brightness, 0-255
 BACKGROUND_DRIFT = (0.03, 0.1)  # mean drift speed, frame sides / s
 SENSOR_NOISE = 2.0  # std of per-pixel noise added to every frame, 0-255
 
@@ -39,8 +37,9 @@ def _hsv(rng: np.random.Generator, saturation: tuple[float, float], value: tuple
     return tuple(255.0 * c for c in rgb)
 
 
-def random_look(rng: np.random.Generator, canvas: Canvas) -> Look:
-    half_length = rng.uniform(*HALF_LENGTH) * canvas.side
+def random_look(rng: np.random.Generator, canvas: Canvas, size: tuple[float, float]) -> Look:
+    """`size`: range of the half-length, fraction of the frame's shorter side."""
+    half_length = rng.uniform(*size) * canvas.side
     return Look(
         shape=SHAPES[rng.integers(len(SHAPES))],
         half_length=half_length,
@@ -101,8 +100,11 @@ def _periodic_noise(rng: np.random.Generator, fields: int, height: int, width: i
     return noise / (noise.std(axis=(1, 2), keepdims=True) + 1e-12)
 
 
-def background(rng: np.random.Generator, num_frames: int, fps: float, canvas: Canvas) -> np.ndarray:
-    """Textured noise drifting with a slowly varying velocity: float32 `[T, H, W, 3]`.
+def background(
+    rng: np.random.Generator, num_frames: int, fps: float, canvas: Canvas, contrast_range: tuple[float, float]
+) -> np.ndarray:
+    """Textured noise drifting with a slowly varying velocity: float32 `[T, H, W, 3]`;
+    `contrast_range`: range of the std of the texture's brightness, 0-255.
 
     Brightness blobs plus weaker colour blobs on a muted random base colour: a texture that
     tiles with the frame's own period, shifted by a sub-pixel offset per frame.
@@ -110,7 +112,7 @@ def background(rng: np.random.Generator, num_frames: int, fps: float, canvas: Ca
     h, w = canvas.height, canvas.width
     correlation_px = BACKGROUND_CORRELATION * canvas.side
     base = np.asarray(_hsv(rng, (0.0, 0.35), (0.3, 0.55)), dtype=np.float32)
-    contrast = rng.uniform(*BACKGROUND_CONTRAST)
+    contrast = rng.uniform(*contrast_range)
     noise = _periodic_noise(rng, 4, h, w, np.array([1.0, 2.0, 2.0, 2.0]) * correlation_px)
     brightness, tint = noise[0, ..., None], np.moveaxis(noise[1:], 0, -1)  # [h, w, 1], [h, w, 3]
     texture = (base + contrast * (brightness + 0.4 * tint)).astype(np.float32)

@@ -61,9 +61,15 @@ class WorldConfig:
     close_gap_s: float = 1.0  # a "close" pair is separated by min_gap_s..close_gap_s
     close_gap_prob: float = 0.3  # chance that an instance follows the previous one closely
     num_distractors: int = 3  # random-walk objects in view at any time (each leaves and returns)
+    object_size: tuple[float, float] = (0.065, 0.11)  # half-length range of every object, fraction of the shorter side
+    background_contrast: tuple[float, float] = (18.0, 32.0)  # range of the texture's brightness std, 0-255
     clip_frames: int = 16  # length of the trimmed clips (`make_trimmed_clips`)
 
     def __post_init__(self) -> None:
+        # YAML and JSON give lists; the config is hashable and printed as tuples.
+        for name in ("object_size", "background_contrast"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         problems = []
 
         def need(ok: bool, field: str, expected: str) -> None:
@@ -92,6 +98,9 @@ class WorldConfig:
              f">= max_instance_s + {2 * EDGE_MARGIN_S} s (room for the longest instance)")
         need(self.max_video_s >= self.min_video_s, "max_video_s", f">= min_video_s ({self.min_video_s})")
         need(isinstance(self.clip_frames, int) and self.clip_frames >= 2, "clip_frames", "an int >= 2")
+        need(_is_range(self.object_size, 0.01, 0.5), "object_size", "(low, high) with 0.01 <= low <= high <= 0.5")
+        need(_is_range(self.background_contrast, 0.0, 128.0), "background_contrast",
+             "(low, high) with 0 <= low <= high <= 128")
         if problems:
             raise ValueError("WorldConfig: " + "; ".join(problems))
 
@@ -102,6 +111,11 @@ class WorldConfig:
     @property
     def class_map(self) -> ClassMap:
         return ClassMap(self.class_names)
+
+
+def _is_range(value: tuple, low: float, high: float) -> bool:
+    return (isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            and low <= value[0] <= value[1] <= high)
 
 
 @dataclass
@@ -163,7 +177,8 @@ def _distractors(rng: np.random.Generator, cfg: WorldConfig, canvas: Canvas, num
         frame = -round(rng.uniform(*DISTRACTOR_LIFE_S) * fps * rng.random())  # mid-life at frame 0
         while frame < num_frames:
             life = max(1, round(rng.uniform(*DISTRACTOR_LIFE_S) * fps))
-            track = _Track(frame, random_walk(rng, life, fps, canvas), random_look(rng, canvas)).within(num_frames)
+            poses = random_walk(rng, life, fps, canvas)  # drawn before the look: the seed's stream order
+            track = _Track(frame, poses, random_look(rng, canvas, cfg.object_size)).within(num_frames)
             if track is not None:
                 tracks.append(track)
             frame += life + max(1, round(rng.uniform(*DISTRACTOR_ABSENT_S) * fps))
@@ -181,12 +196,12 @@ def _actors(
         if idle:
             before, after = (round(rng.uniform(*ACTOR_IDLE_S) * cfg.fps) for _ in range(2))
             poses = walk_into(rng, poses, before, after, cfg.fps, canvas)
-        tracks.append(_Track(start - before, poses, random_look(rng, canvas)))
+        tracks.append(_Track(start - before, poses, random_look(rng, canvas, cfg.object_size)))
     return tracks
 
 
 def _paint(rng: np.random.Generator, cfg: WorldConfig, canvas: Canvas, tracks: list[_Track], num_frames: int) -> np.ndarray:
-    frames = background(rng, num_frames, cfg.fps, canvas)  # [T, H, W, 3] float32
+    frames = background(rng, num_frames, cfg.fps, canvas, cfg.background_contrast)  # [T, H, W, 3] float32
     for index in rng.permutation(len(tracks)):  # random depth order, actors and distractors mixed
         track = tracks[index].within(num_frames)
         if track is not None:
