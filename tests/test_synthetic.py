@@ -224,3 +224,10 @@ def test_object_size_and_background_contrast_shape_the_frames():
         return ((clips.float().flatten(2, 3) - background).abs().amax(-1) > 40).float().mean()
 
     assert object_pixels((0.2, 0.25)) > 3 * object_pixels((0.06, 0.08))
+
+    grey = dataclasses.replace(flat, object_saturation=(0.0, 0.0), object_value=(0.94, 0.94), object_size=(0.2, 0.25))
+    clips, _ = make_trimmed_clips(grey, 6, seed=5)
+    bright = clips.float().amin(-1) > 200  # every channel bright: only the grey objects
+    assert bright.float().mean() > 0.05
+    pixels = clips.float()[bright]  # [P, 3]
+    assert (pixels.amax(-1) - pixels.amin(-1)).mean() < 12  # R = G = B up to noise and coding

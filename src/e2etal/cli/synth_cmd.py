@@ -44,6 +44,12 @@ def register(sub) -> None:
     p.add_argument("--object-size", type=float, nargs=2, default=_DEFAULTS.object_size, metavar=("MIN", "MAX"),
                    help="half-length range of every object, fraction of the frame side "
                    f"(default {_DEFAULTS.object_size[0]:g} {_DEFAULTS.object_size[1]:g})")
+    p.add_argument("--object-saturation", type=float, nargs=2, default=_DEFAULTS.object_saturation,
+                   metavar=("MIN", "MAX"), help="HSV saturation range of object colours, 0-1; 0 0 = grey "
+                   f"(default {_DEFAULTS.object_saturation[0]:g} {_DEFAULTS.object_saturation[1]:g})")
+    p.add_argument("--object-value", type=float, nargs=2, default=_DEFAULTS.object_value, metavar=("MIN", "MAX"),
+                   help="HSV value (brightness) range of object colours, 0-1 "
+                   f"(default {_DEFAULTS.object_value[0]:g} {_DEFAULTS.object_value[1]:g})")
     p.add_argument("--background-contrast", type=float, nargs=2, default=_DEFAULTS.background_contrast,
                    metavar=("MIN", "MAX"), help="range of the background texture's brightness std, 0-255; "
                    f"0 0 = a flat background (default {_DEFAULTS.background_contrast[0]:g} "
@@ -72,6 +78,8 @@ def config_from_args(args) -> WorldConfig:
         max_instances=args.instances[1],
         num_distractors=args.distractors,
         object_size=tuple(args.object_size),
+        object_saturation=tuple(args.object_saturation),
+        object_value=tuple(args.object_value),
         background_contrast=tuple(args.background_contrast),
         clip_frames=args.clip_frames,
     )

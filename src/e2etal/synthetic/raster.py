@@ -37,15 +37,23 @@ def _hsv(rng: np.random.Generator, saturation: tuple[float, float], value: tuple
     return tuple(255.0 * c for c in rgb)
 
 
-def random_look(rng: np.random.Generator, canvas: Canvas, size: tuple[float, float]) -> Look:
-    """`size`: range of the half-length, fraction of the frame's shorter side."""
-    half_length = rng.uniform(*size) * canvas.side
+@dataclass(frozen=True)
+class LookRanges:
+    """The appearance distribution every object draws from (`WorldConfig` sets it)."""
+
+    size: tuple[float, float]  # half-length, fraction of the frame's shorter side
+    saturation: tuple[float, float]  # HSV saturation of both colours, 0-1
+    value: tuple[float, float]  # HSV value (brightness) of both colours, 0-1
+
+
+def random_look(rng: np.random.Generator, canvas: Canvas, ranges: LookRanges) -> Look:
+    half_length = rng.uniform(*ranges.size) * canvas.side
     return Look(
         shape=SHAPES[rng.integers(len(SHAPES))],
         half_length=half_length,
         half_width=half_length / rng.uniform(*ASPECT),
-        colour=_hsv(rng, (0.5, 1.0), (0.6, 1.0)),
-        tip_colour=_hsv(rng, (0.5, 1.0), (0.6, 1.0)),
+        colour=_hsv(rng, ranges.saturation, ranges.value),
+        tip_colour=_hsv(rng, ranges.saturation, ranges.value),
     )
 
 

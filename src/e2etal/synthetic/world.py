@@ -30,7 +30,7 @@ from tqdm import tqdm
 from e2etal import __version__, io
 from e2etal.data.annotations import Annotations, ClassMap, Instance, VideoAnnotation
 from e2etal.synthetic.motions import ACTION_CLASSES, CLASS_NAMES, Canvas, Poses, random_walk, walk_into
-from e2etal.synthetic.raster import Look, background, draw, finish, random_look
+from e2etal.synthetic.raster import Look, LookRanges, background, draw, finish, random_look
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,14 @@ class WorldConfig:
     close_gap_prob: float = 0.3  # chance that an instance follows the previous one closely
     num_distractors: int = 3  # random-walk objects in view at any time (each leaves and returns)
     object_size: tuple[float, float] = (0.065, 0.11)  # half-length range of every object, fraction of the shorter side
+    object_saturation: tuple[float, float] = (0.5, 1.0)  # HSV saturation range of object colours (random hue)
+    object_value: tuple[float, float] = (0.6, 1.0)  # HSV value range of object colours; (1, 1) with saturation (0, 0) = white
     background_contrast: tuple[float, float] = (18.0, 32.0)  # range of the texture's brightness std, 0-255
     clip_frames: int = 16  # length of the trimmed clips (`make_trimmed_clips`)
 
     def __post_init__(self) -> None:
         # YAML and JSON give lists; the config is hashable and printed as tuples.
-        for name in ("object_size", "background_contrast"):
+        for name in _RANGES:
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         problems = []
@@ -98,11 +100,14 @@ class WorldConfig:
              f">= max_instance_s + {2 * EDGE_MARGIN_S} s (room for the longest instance)")
         need(self.max_video_s >= self.min_video_s, "max_video_s", f">= min_video_s ({self.min_video_s})")
         need(isinstance(self.clip_frames, int) and self.clip_frames >= 2, "clip_frames", "an int >= 2")
-        need(_is_range(self.object_size, 0.01, 0.5), "object_size", "(low, high) with 0.01 <= low <= high <= 0.5")
-        need(_is_range(self.background_contrast, 0.0, 128.0), "background_contrast",
-             "(low, high) with 0 <= low <= high <= 128")
+        for name, (low, high) in _RANGES.items():
+            need(_is_range(getattr(self, name), low, high), name, f"(low, high) with {low:g} <= low <= high <= {high:g}")
         if problems:
             raise ValueError("WorldConfig: " + "; ".join(problems))
+
+    @property
+    def look(self) -> LookRanges:
+        return LookRanges(self.object_size, self.object_saturation, self.object_value)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -111,6 +116,11 @@ class WorldConfig:
     @property
     def class_map(self) -> ClassMap:
         return ClassMap(self.class_names)
+
+
+# WorldConfig fields that are (low, high) ranges, and the interval each must lie in.
+_RANGES = {"object_size": (0.01, 0.5), "object_saturation": (0.0, 1.0), "object_value": (0.0, 1.0),
+           "background_contrast": (0.0, 128.0)}
 
 
 def _is_range(value: tuple, low: float, high: float) -> bool:
@@ -178,7 +188,7 @@ def _distractors(rng: np.random.Generator, cfg: WorldConfig, canvas: Canvas, num
         while frame < num_frames:
             life = max(1, round(rng.uniform(*DISTRACTOR_LIFE_S) * fps))
             poses = random_walk(rng, life, fps, canvas)  # drawn before the look: the seed's stream order
-            track = _Track(frame, poses, random_look(rng, canvas, cfg.object_size)).within(num_frames)
+            track = _Track(frame, poses, random_look(rng, canvas, cfg.look)).within(num_frames)
             if track is not None:
                 tracks.append(track)
             frame += life + max(1, round(rng.uniform(*DISTRACTOR_ABSENT_S) * fps))
@@ -196,7 +206,7 @@ def _actors(
         if idle:
             before, after = (round(rng.uniform(*ACTOR_IDLE_S) * cfg.fps) for _ in range(2))
             poses = walk_into(rng, poses, before, after, cfg.fps, canvas)
-        tracks.append(_Track(start - before, poses, random_look(rng, canvas, cfg.object_size)))
+        tracks.append(_Track(start - before, poses, random_look(rng, canvas, cfg.look)))
     return tracks
 
 
