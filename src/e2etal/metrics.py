@@ -48,8 +48,14 @@ def segment_tiou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
     pred: [N, 2], gt: [M, 2] (start_s, end_s) -> [N, M]. Two zero-length segments give
     +inf (the reference's 0/0, which matches at any threshold)."""
-    inter = np.clip(np.minimum(pred[:, None, 1], gt[None, :, 1]) - np.maximum(pred[:, None, 0], gt[None, :, 0]), 0, None)
-    union = (gt[None, :, 1] - gt[None, :, 0]) + (pred[:, None, 1] - pred[:, None, 0]) - inter
+    return paired_tiou(pred[:, None], gt[None])
+
+
+def paired_tiou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Temporal IoU of segments `a [..., 2]` and `b [..., 2]`, broadcast over the leading
+    axes; +inf where both are zero-length (0/0), as `segment_tiou`."""
+    inter = np.clip(np.minimum(a[..., 1], b[..., 1]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    union = (b[..., 1] - b[..., 0]) + (a[..., 1] - a[..., 0]) - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union == 0, np.inf, inter / np.where(union == 0, 1.0, union))
 
@@ -251,13 +257,9 @@ def _match(tp, rows, d_group, d_seg, d_score, g_seg, group_start, group_count, t
             gt_pos = np.where(valid, group_start[g][:, None] + cols[None, :], 0)
             gt = g_seg[gt_pos]  # [A, G, 2]
             seg = d_seg[rows[sel]]  # [A, 2]
-            inter = np.clip(np.minimum(seg[:, None, 1], gt[..., 1]) - np.maximum(seg[:, None, 0], gt[..., 0]), 0, None)
-            union = (gt[..., 1] - gt[..., 0]) + (seg[:, None, 1] - seg[:, None, 0]) - inter
-            with np.errstate(invalid="ignore", divide="ignore"):
-                tiou = inter / np.where(valid, union, 1.0)  # [A, G]
             # A point detection against a point instance gives 0/0 in the reference, a NaN
             # that passes every threshold and ranks first: the same as +inf here.
-            tiou = np.where(valid, np.where(union == 0, np.inf, tiou), -1.0)
+            tiou = np.where(valid, paired_tiou(seg[:, None], gt), -1.0)  # [A, G]
             lg = local[sel]
             masked = np.where(locked[lg], -1.0, tiou[:, None, :])  # [A, K, G]
             best = g_max - 1 - masked[..., ::-1].argmax(axis=-1)  # [A, K], ties -> later instance
