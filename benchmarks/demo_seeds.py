@@ -2,6 +2,7 @@
 world, over several seeds (world, pretraining and training all change with the seed).
 
     python benchmarks/demo_seeds.py [--seeds 0 1 2] [--out /tmp/e2etal-demo-seeds] [--quick]
+                                    [--pretrain-classes N | all]
 
 Prints one JSON object (per-seed figures, means, LoSA minus head-only), then a table.
 """
@@ -9,11 +10,12 @@ Prints one JSON object (per-seed figures, means, LoSA minus head-only), then a t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
 
-from e2etal.demo import run_demo
+from e2etal.demo import DemoSettings, run_demo
 
 
 def main() -> None:
@@ -22,12 +24,18 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/e2etal-demo-seeds")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--pretrain-classes", default=None, metavar="N",
+                    help="pretrain on the world's first N classes, or 'all' (default: DemoSettings)")
     args = ap.parse_args()
+    settings = DemoSettings.quick() if args.quick else DemoSettings()
+    if args.pretrain_classes is not None:
+        value = None if args.pretrain_classes == "all" else int(args.pretrain_classes)
+        settings = dataclasses.replace(settings, pretrain_classes=value)
 
     per_seed = {}
     t0 = time.perf_counter()
     for seed in args.seeds:
-        report = run_demo(f"{args.out}/seed{seed}", quick=args.quick, seed=seed, device=args.device, progress=False)
+        report = run_demo(f"{args.out}/seed{seed}", seed=seed, device=args.device, progress=False, settings=settings)
         per_seed[seed] = {
             "methods": {k: v["average_mAP"] for k, v in report["methods"].items()},
             "pretrain_clip_accuracy": report["pretrain"]["clip_accuracy"],
@@ -36,7 +44,7 @@ def main() -> None:
         }
     methods = list(next(iter(per_seed.values()))["methods"])
     means = {m: statistics.mean(r["methods"][m] for r in per_seed.values()) for m in methods}
-    out = {"benchmark": "demo_seeds", "quick": args.quick, "seeds": per_seed, "mean_average_mAP": means,
+    out = {"benchmark": "demo_seeds", "quick": args.quick, "pretrain_classes": settings.pretrain_classes, "seeds": per_seed, "mean_average_mAP": means,
            "losa_minus_head_only_points": 100 * (means["LoSA"] - means["head-only"]),
            "wall_s": time.perf_counter() - t0}
     print(json.dumps(out))

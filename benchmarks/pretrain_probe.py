@@ -6,8 +6,8 @@ trimmed clips, and prints the held-out clip accuracy of each (chance = 1 / class
 its accuracy on training clips (high train with chance-level held-out = memorising).
 
     python benchmarks/pretrain_probe.py                                  # the demo's world
-    python benchmarks/pretrain_probe.py --set num_distractors=0 object_size=[0.15,0.2] \\
-        background_contrast=[0,0] --clips 1200 --epochs 6 --models vit cnn
+    python benchmarks/pretrain_probe.py --set num_classes=6 background_value=[0.3,0.55] \\
+        --clips 1200 --epochs 8 --lr 3e-3 --models vit cnn
 
 `--set` takes `WorldConfig` fields (values parsed as YAML). Prints one JSON object, then a table.
 """
@@ -42,6 +42,9 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="WorldConfig fields to change")
     ap.add_argument("--clips", type=int, default=DemoSettings().pretrain_clips)
     ap.add_argument("--epochs", type=int, default=DemoSettings().pretrain_epochs)
+    ap.add_argument("--lr", type=float, default=DemoSettings().pretrain_lr, help="peak learning rate")
+    ap.add_argument("--pixel-std", type=float, default=DemoSettings().pixel_std[0],
+                    help="std of the pixel normalisation, every channel")
     ap.add_argument("--models", nargs="+", choices=("vit", "cnn"), default=["vit", "cnn"])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -67,9 +70,10 @@ def main() -> None:
             classify = model
         began = time.perf_counter()
         results[name] = fit_clip_classifier(model, classify, world, args.clips, args.epochs, args.seed,
-                                            torch.device("cpu"), progress=False)
+                                            torch.device("cpu"), progress=False, lr=args.lr,
+                                            pixel_mean=settings.pixel_mean, pixel_std=(args.pixel_std,) * 3)
         results[name]["seconds"] = time.perf_counter() - began
-    out = {"benchmark": "pretrain_probe", "world_changes": changes, "chance": 1 / world.num_classes,
+    out = {"benchmark": "pretrain_probe", "world_changes": changes, "lr": args.lr, "pixel_std": args.pixel_std, "chance": 1 / world.num_classes,
            "threads": torch.get_num_threads(), "results": results}
     print(json.dumps(out))
     print(f"\n{'model':<6}{'held-out acc':>14}{'train acc':>11}{'chance':>8}{'s':>6}")

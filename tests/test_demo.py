@@ -25,21 +25,30 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
     # the pretrained backbone is an official-layout checkpoint
     state = torch.load(out / "backbone" / "tiny_vit_pretrained.pth", weights_only=True)
     assert "model" in state and "head.weight" in state["model"] and "blocks.0.attn.q_bias" in state["model"]
+    # pretrained on the horizontal glides only; TAL has all four glides
+    assert report["pretrain"]["classes"] == ["move_left", "move_right"] and "move_left, move_right" in printed
+    assert state["model"]["head.weight"].shape[0] == 2
+    database = json.loads((out / "world" / "annotations.json").read_text())["database"]
+    labels = {a["label"] for v in database.values() for a in v["annotations"]}
+    assert labels <= {"move_left", "move_right", "move_up", "move_down"} and labels & {"move_up", "move_down"}
 
 
 def test_mirror_flip_relabels_directional_classes():
     from e2etal.demo import mirror_flip
     from e2etal.synthetic import CLASS_NAMES, mirror_label_ids
 
-    mirror = torch.tensor(mirror_label_ids(7))  # spin_counterclockwise (8th) is not in this world
-    names = CLASS_NAMES[:7]
+    k = CLASS_NAMES.index("spin_counterclockwise")  # a world up to spin_clockwise, without its mirror class
+    mirror = torch.tensor(mirror_label_ids(k))
+    names = CLASS_NAMES[:k]
     assert names[mirror[names.index("move_left")]] == "move_right"
     assert names[mirror[names.index("move_right")]] == "move_left"
+    assert names[mirror[names.index("move_up")]] == "move_up"  # a vertical glide is its own mirror image
     assert names[mirror[names.index("approach")]] == "approach"
     assert mirror[names.index("spin_clockwise")] == -1
-    assert mirror_label_ids(9)[CLASS_NAMES.index("spin_clockwise")] == CLASS_NAMES.index("spin_counterclockwise")
+    full = mirror_label_ids(len(CLASS_NAMES))
+    assert full[CLASS_NAMES.index("spin_clockwise")] == CLASS_NAMES.index("spin_counterclockwise")
 
-    labels = torch.arange(7).repeat(20)
+    labels = torch.arange(k).repeat(20)
     clips = torch.randint(0, 256, (len(labels), 2, 4, 6, 3), dtype=torch.uint8)
     out, new = mirror_flip(clips, labels, mirror, torch.Generator().manual_seed(0))
     flipped = (out != clips).flatten(1).any(1)

@@ -58,7 +58,8 @@ def test_default_layout_has_close_neighbours_and_varied_lengths():
         gaps += [(b[0] - a[1]) / cfg.fps for a, b in zip(spans, spans[1:])]
     assert min(gaps) >= cfg.min_gap_s - 1e-9
     assert sum(g <= cfg.close_gap_s for g in gaps) >= 0.15 * len(gaps)  # hard, nearby boundaries
-    assert min(lengths) < 2.0 and max(lengths) > 5.0
+    assert min(lengths) < cfg.min_instance_s + 0.5 and max(lengths) > cfg.max_instance_s - 0.5  # 1.5-4 s
+    assert max(lengths) > 2 * min(lengths)
 
 
 def test_make_world_writes_decodable_videos_and_valid_ground_truth(tmp_path):
@@ -140,11 +141,12 @@ def _colour_histogram(frames: torch.Tensor) -> torch.Tensor:
 
 
 def _motion_features(clips: torch.Tensor) -> torch.Tensor:
-    """[N, T, H, W, 3] -> [N, F]: on a soft mask of saturated (object) pixels, the temporal
-    spectrum of the masked area and how well each frame is predicted by the previous one
-    shifted by -3..3 px horizontally and vertically."""
+    """[N, T, H, W, 3] -> [N, F]: on a soft mask of object pixels (far from the frame's median
+    colour, the background), the temporal spectrum of the masked area and how well each frame
+    is predicted by the previous one shifted by -3..3 px horizontally and vertically."""
     x = clips.float()
-    mask = ((x.max(-1).values - x.min(-1).values - 60) / 40).clamp(0, 1)  # [N, T, H, W]
+    background = x.flatten(2, 3).median(2).values[:, :, None, None]  # [N, T, 1, 1, 3]
+    mask = (((x - background).abs().amax(-1) - 40) / 40).clamp(0, 1)  # [N, T, H, W]
     area = mask.mean((2, 3))
     spectrum = torch.fft.rfft(area - area.mean(1, keepdim=True), dim=1).abs()
     spectrum = spectrum / (spectrum.sum(1, keepdim=True) + 1e-6)
@@ -231,3 +233,33 @@ def test_object_size_and_background_contrast_shape_the_frames():
     assert bright.float().mean() > 0.05
     pixels = clips.float()[bright]  # [P, 3]
     assert (pixels.amax(-1) - pixels.amin(-1)).mean() < 12  # R = G = B up to noise and coding
+
+
+def test_background_colour_ranges_set_the_base_colour():
+    flat = dataclasses.replace(TINY, background_contrast=(0.0, 0.0), num_distractors=0,
+                               background_saturation=[0.0, 0.0], background_value=[0.35, 0.35])
+    assert flat.background_value == (0.35, 0.35)
+    for seed in (1, 2):
+        frames, _ = render_video(flat, seed=seed)
+        median = frames[0].float().flatten(0, 1).median(0).values  # [3]
+        assert (median - 0.35 * 255).abs().max() <= 3, median  # grey at value 0.35, whatever the seed
+    bright, _ = render_video(dataclasses.replace(flat, background_value=(0.8, 0.8)), seed=1)
+    assert bright[0].float().flatten(0, 1).median(0).values.min() > 190
+    with pytest.raises(ValueError, match="background_value"):
+        dataclasses.replace(TINY, background_value=(0.5, 1.5))
+
+
+@pytest.mark.parametrize("name, axis, sign", [("move_left", 0, -1), ("move_right", 0, 1), ("move_up", 1, -1), ("move_down", 1, 1)])
+def test_glides_move_straight_along_their_axis(name, axis, sign):
+    from e2etal.synthetic.motions import ACTION_CLASSES, CLASS_NAMES, Canvas
+
+    canvas = Canvas(64, 64)
+    for seed in range(5):
+        actor, bystander = ACTION_CLASSES[CLASS_NAMES.index(name)].motion(np.random.default_rng(seed), 24, 8.0, canvas)
+        along, across = (actor.x, actor.y) if axis == 0 else (actor.y, actor.x)
+        steps = np.diff(along)
+        assert np.all(sign * steps > 0) and np.allclose(steps, steps[0])  # constant speed, one way
+        assert abs(steps[0]) * 8.0 >= 0.2 * canvas.side  # >= 0.2 sides/s for a 3 s instance
+        assert np.ptp(across) == 0  # straight
+        wander = np.hypot(np.diff(bystander.x), np.diff(bystander.y)).sum()  # px the bystander's walk covers
+        assert abs(along[-1] - along[0]) > 2 * wander  # the glide stands out from idle motion

@@ -6,7 +6,7 @@ from __future__ import annotations
 def register(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the whole pipeline on synthetic video (about 10 minutes on 2 CPU cores)",
+        help="run the whole pipeline on synthetic video (about 5 minutes on 2 CPU cores)",
         description="Generate synthetic untrimmed videos with exact ground truth, pretrain a tiny video ViT on "
         "trimmed clips, train and evaluate head-only transfer and LoSA on the untrimmed videos, run detection "
         "on a held-out video and draw its timeline. Everything lands in --out, figures in report.json.",
@@ -27,7 +27,9 @@ def run(args) -> int:
     print(format_table(report))
     print()
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in report["stages_s"].items())
-    print(f"pretrained backbone: clip accuracy {100 * report['pretrain']['clip_accuracy']:.1f}%")
+    pretrain = report["pretrain"]
+    print(f"pretrained backbone: clip accuracy {100 * pretrain['clip_accuracy']:.1f}% on "
+          f"{', '.join(pretrain['classes'])} (chance {100 / len(pretrain['classes']):.0f}%)")
     print(f"stages: {stages}; total {report['total_s']:.0f} s")
     print(f"timeline of {report['detect']['video']} ({report['detect']['method']}): {report['detect']['timeline']}")
     print(f"report: {args.out}/report.json")

@@ -54,6 +54,12 @@ def register(sub) -> None:
                    metavar=("MIN", "MAX"), help="range of the background texture's brightness std, 0-255; "
                    f"0 0 = a flat background (default {_DEFAULTS.background_contrast[0]:g} "
                    f"{_DEFAULTS.background_contrast[1]:g})")
+    p.add_argument("--background-saturation", type=float, nargs=2, default=_DEFAULTS.background_saturation,
+                   metavar=("MIN", "MAX"), help="HSV saturation range of the background's base colour, 0-1 "
+                   f"(default {_DEFAULTS.background_saturation[0]:g} {_DEFAULTS.background_saturation[1]:g})")
+    p.add_argument("--background-value", type=float, nargs=2, default=_DEFAULTS.background_value,
+                   metavar=("MIN", "MAX"), help="HSV value (brightness) range of the background's base colour, 0-1 "
+                   f"(default {_DEFAULTS.background_value[0]:g} {_DEFAULTS.background_value[1]:g})")
     p.add_argument("--clips", type=int, default=0, metavar="N",
                    help="also write N trimmed classification clips to OUT/clips/ with labels in "
                    "OUT/clips.json (default 0)")
@@ -81,6 +87,8 @@ def config_from_args(args) -> WorldConfig:
         object_saturation=tuple(args.object_saturation),
         object_value=tuple(args.object_value),
         background_contrast=tuple(args.background_contrast),
+        background_saturation=tuple(args.background_saturation),
+        background_value=tuple(args.background_value),
         clip_frames=args.clip_frames,
     )
 

@@ -22,7 +22,7 @@ import numpy as np
 
 MARGIN = 0.1  # object centres stay this far inside the frame's edges, fraction of the shorter side
 # Random walk (distractors, bystanders, idle actors): exponentially smoothed noise velocities.
-WALK_SPEED = 0.1  # std of each velocity component, frame sides / s
+WALK_SPEED = 0.03  # std of each velocity component, frame sides / s; a glide is >= 0.2 sides / s
 WALK_TIME_S = 1.0  # velocity correlation time
 WALK_SPIN_DEG_S = 25.0  # std of the angular velocity
 WALK_SPIN_TIME_S = 1.5
@@ -159,13 +159,19 @@ def _bystander(rng, n, fps, canvas) -> Poses:
     return random_walk(rng, n, fps, canvas)
 
 
-def _slide(direction: float) -> Callable:
+def _slide(dx: int, dy: int) -> Callable:
+    """A straight glide along x (`dx` = -1 or +1) or y (`dy`), at constant speed."""
+
     def motion(rng: np.random.Generator, n: int, fps: float, canvas: Canvas) -> list[Poses]:
         m = canvas.margin
-        x0, speed = _straight_run(rng, direction * rng.uniform(0.3, 0.55) * canvas.side, n, fps, m, canvas.width - m)
+        length = canvas.width if dx else canvas.height
+        start, speed = _straight_run(rng, (dx or dy) * rng.uniform(0.3, 0.55) * canvas.side, n, fps, m, length - m)
         actor = random_walk(rng, n, fps, canvas)
-        actor.x = x0 + speed * np.arange(n) / fps
-        actor.y = np.full(n, actor.y[0])
+        path = start + speed * np.arange(n) / fps
+        if dx:
+            actor.x, actor.y = path, np.full(n, actor.y[0])
+        else:
+            actor.x, actor.y = np.full(n, actor.x[0]), path
         return [actor, _bystander(rng, n, fps, canvas)]
 
     return motion
@@ -241,8 +247,10 @@ class ActionClass:
 
 # The order is the `label_id`; a world with K classes uses the first K.
 ACTION_CLASSES: tuple[ActionClass, ...] = (
-    ActionClass("move_left", "glides leftwards in a straight line at constant speed", _slide(-1.0), "move_right"),
-    ActionClass("move_right", "glides rightwards in a straight line at constant speed", _slide(1.0), "move_left"),
+    ActionClass("move_left", "glides leftwards in a straight line at constant speed", _slide(-1, 0), "move_right"),
+    ActionClass("move_right", "glides rightwards in a straight line at constant speed", _slide(1, 0), "move_left"),
+    ActionClass("move_up", "glides upwards in a straight line at constant speed", _slide(0, -1)),
+    ActionClass("move_down", "glides downwards in a straight line at constant speed", _slide(0, 1)),
     ActionClass("pulse_slow", "grows and shrinks in place, 0.4-0.7 Hz", _pulse(0.4, 0.7)),
     ActionClass("pulse_fast", "grows and shrinks in place, 1.6-2.2 Hz", _pulse(1.6, 2.2)),
     ActionClass("approach", "two objects move towards each other until they nearly touch", _approach_or_separate(True)),

@@ -108,19 +108,25 @@ def _periodic_noise(rng: np.random.Generator, fields: int, height: int, width: i
     return noise / (noise.std(axis=(1, 2), keepdims=True) + 1e-12)
 
 
-def background(
-    rng: np.random.Generator, num_frames: int, fps: float, canvas: Canvas, contrast_range: tuple[float, float]
-) -> np.ndarray:
-    """Textured noise drifting with a slowly varying velocity: float32 `[T, H, W, 3]`;
-    `contrast_range`: range of the std of the texture's brightness, 0-255.
+@dataclass(frozen=True)
+class BackgroundRanges:
+    """The distribution of backgrounds (`WorldConfig` sets it)."""
 
-    Brightness blobs plus weaker colour blobs on a muted random base colour: a texture that
+    contrast: tuple[float, float]  # std of the texture's brightness, 0-255
+    saturation: tuple[float, float]  # HSV saturation of the base colour, 0-1 (random hue)
+    value: tuple[float, float]  # HSV value (brightness) of the base colour, 0-1
+
+
+def background(rng: np.random.Generator, num_frames: int, fps: float, canvas: Canvas, ranges: BackgroundRanges) -> np.ndarray:
+    """Textured noise drifting with a slowly varying velocity: float32 `[T, H, W, 3]`.
+
+    Brightness blobs plus weaker colour blobs on a random base colour: a texture that
     tiles with the frame's own period, shifted by a sub-pixel offset per frame.
     """
     h, w = canvas.height, canvas.width
     correlation_px = BACKGROUND_CORRELATION * canvas.side
-    base = np.asarray(_hsv(rng, (0.0, 0.35), (0.3, 0.55)), dtype=np.float32)
-    contrast = rng.uniform(*contrast_range)
+    base = np.asarray(_hsv(rng, ranges.saturation, ranges.value), dtype=np.float32)
+    contrast = rng.uniform(*ranges.contrast)
     noise = _periodic_noise(rng, 4, h, w, np.array([1.0, 2.0, 2.0, 2.0]) * correlation_px)
     brightness, tint = noise[0, ..., None], np.moveaxis(noise[1:], 0, -1)  # [h, w, 1], [h, w, 3]
     texture = (base + contrast * (brightness + 0.4 * tint)).astype(np.float32)

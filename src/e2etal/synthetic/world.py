@@ -30,7 +30,7 @@ from tqdm import tqdm
 from e2etal import __version__, io
 from e2etal.data.annotations import Annotations, ClassMap, Instance, VideoAnnotation
 from e2etal.synthetic.motions import ACTION_CLASSES, CLASS_NAMES, Canvas, Poses, random_walk, walk_into
-from e2etal.synthetic.raster import Look, LookRanges, background, draw, finish, random_look
+from e2etal.synthetic.raster import BackgroundRanges, Look, LookRanges, background, draw, finish, random_look
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class WorldConfig:
     height: int = 64  # px; even (H.264 with 4:2:0 chroma)
     width: int = 64
     fps: int = 8
-    num_classes: int = 6  # the first `num_classes` of `CLASS_NAMES`
+    num_classes: int = 4  # the first `num_classes` of `CLASS_NAMES`
     train_videos: int = 24
     val_videos: int = 8
     min_video_s: float = 20.0
@@ -56,15 +56,17 @@ class WorldConfig:
     min_instances: int = 2  # per video; fewer when they do not fit
     max_instances: int = 6
     min_instance_s: float = 1.5
-    max_instance_s: float = 6.0
+    max_instance_s: float = 4.0
     min_gap_s: float = 0.25  # between consecutive instances
     close_gap_s: float = 1.0  # a "close" pair is separated by min_gap_s..close_gap_s
     close_gap_prob: float = 0.3  # chance that an instance follows the previous one closely
-    num_distractors: int = 3  # random-walk objects in view at any time (each leaves and returns)
-    object_size: tuple[float, float] = (0.065, 0.11)  # half-length range of every object, fraction of the shorter side
-    object_saturation: tuple[float, float] = (0.5, 1.0)  # HSV saturation range of object colours (random hue)
-    object_value: tuple[float, float] = (0.6, 1.0)  # HSV value range of object colours; (1, 1) with saturation (0, 0) = white
-    background_contrast: tuple[float, float] = (18.0, 32.0)  # range of the texture's brightness std, 0-255
+    num_distractors: int = 2  # random-walk objects in view at any time (each leaves and returns)
+    object_size: tuple[float, float] = (0.1, 0.15)  # half-length range of every object, fraction of the shorter side
+    object_saturation: tuple[float, float] = (0.0, 0.15)  # HSV saturation range of object colours (random hue)
+    object_value: tuple[float, float] = (0.8, 1.0)  # HSV value range of object colours; (1, 1) with saturation (0, 0) = white
+    background_contrast: tuple[float, float] = (6.0, 12.0)  # range of the texture's brightness std, 0-255
+    background_saturation: tuple[float, float] = (0.0, 0.0)  # HSV saturation range of the base colour (random hue)
+    background_value: tuple[float, float] = (0.35, 0.35)  # HSV value range of the base colour
     clip_frames: int = 16  # length of the trimmed clips (`make_trimmed_clips`)
 
     def __post_init__(self) -> None:
@@ -110,6 +112,10 @@ class WorldConfig:
         return LookRanges(self.object_size, self.object_saturation, self.object_value)
 
     @property
+    def backdrop(self) -> BackgroundRanges:
+        return BackgroundRanges(self.background_contrast, self.background_saturation, self.background_value)
+
+    @property
     def class_names(self) -> tuple[str, ...]:
         return CLASS_NAMES[: self.num_classes]
 
@@ -120,7 +126,7 @@ class WorldConfig:
 
 # WorldConfig fields that are (low, high) ranges, and the interval each must lie in.
 _RANGES = {"object_size": (0.01, 0.5), "object_saturation": (0.0, 1.0), "object_value": (0.0, 1.0),
-           "background_contrast": (0.0, 128.0)}
+           "background_contrast": (0.0, 128.0), "background_saturation": (0.0, 1.0), "background_value": (0.0, 1.0)}
 
 
 def _is_range(value: tuple, low: float, high: float) -> bool:
@@ -211,7 +217,7 @@ def _actors(
 
 
 def _paint(rng: np.random.Generator, cfg: WorldConfig, canvas: Canvas, tracks: list[_Track], num_frames: int) -> np.ndarray:
-    frames = background(rng, num_frames, cfg.fps, canvas, cfg.background_contrast)  # [T, H, W, 3] float32
+    frames = background(rng, num_frames, cfg.fps, canvas, cfg.backdrop)  # [T, H, W, 3] float32
     for index in rng.permutation(len(tracks)):  # random depth order, actors and distractors mixed
         track = tracks[index].within(num_frames)
         if track is not None:
