@@ -24,6 +24,8 @@ import json
 import torch
 import torch.nn.functional as F
 
+from e2etal.adapters.frozen import pool_tokens
+from e2etal.adapters.losa import LoSAConfig
 from e2etal.backbones.vit import VisionTransformer
 from e2etal.data.video import normalize_clip
 from e2etal.demo import DemoSettings
@@ -33,12 +35,13 @@ from e2etal.synthetic import make_trimmed_clips
 def clip_features(vit: VisionTransformer, clips: torch.Tensor, settings: DemoSettings, layers: tuple[int, ...]) -> dict:
     """`{name: [N, F]}`: per layer, the 2x2-grid and the spatial-mean tokens of every temporal position."""
     out: dict[str, list[torch.Tensor]] = {}
+    settings_grid = LoSAConfig().grid  # the demo's LoSA uses the default 2x2 grid
     with torch.no_grad():
         for i in range(0, len(clips), 64):
             x = normalize_clip(clips[i : i + 64], settings.pixel_mean, settings.pixel_std).transpose(1, 2)
             _, taps = vit(x, taps=layers)
             for layer, tokens in taps.items():  # [B, T', h, w, D]
-                grid = F.adaptive_avg_pool3d(tokens.permute(0, 4, 1, 2, 3), (tokens.shape[1], 2, 2))  # [B, D, T', 2, 2]
+                grid = pool_tokens(tokens, settings_grid)  # [B, T', 4, D], as the frozen pass pools a tap
                 out.setdefault(f"layer {layer} grid", []).append(grid.flatten(1))
                 out.setdefault(f"layer {layer} mean", []).append(tokens.mean((2, 3)).flatten(1))
     return {k: torch.cat(v) for k, v in out.items()}
