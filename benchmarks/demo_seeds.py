@@ -44,8 +44,8 @@ def main() -> None:
         }
     methods = list(next(iter(per_seed.values()))["methods"])
     means = {m: statistics.mean(r["methods"][m] for r in per_seed.values()) for m in methods}
-    out = {"benchmark": "demo_seeds", "quick": args.quick, "pretrain_classes": settings.pretrain_classes, "seeds": per_seed, "mean_average_mAP": means,
-           "losa_minus_head_only_points": 100 * (means["LoSA"] - means["head-only"]),
+    out = {"benchmark": "demo_seeds", "quick": args.quick, "pretrain_classes": settings.pretrain_classes,
+           "seeds": per_seed, "mean_average_mAP": means, "losa_minus_head_only_points": 100 * (means["LoSA"] - means["head-only"]),
            "wall_s": time.perf_counter() - t0}
     print(json.dumps(out))
     print(f"\n{'seed':<8}" + "".join(f"{m:>12}" for m in methods) + f"{'pretrain acc':>14}{'demo s':>9}")

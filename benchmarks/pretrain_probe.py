@@ -38,18 +38,18 @@ def reference_cnn(num_classes: int) -> nn.Module:
 
 
 def main() -> None:
+    settings = DemoSettings()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="WorldConfig fields to change")
-    ap.add_argument("--clips", type=int, default=DemoSettings().pretrain_clips)
-    ap.add_argument("--epochs", type=int, default=DemoSettings().pretrain_epochs)
-    ap.add_argument("--lr", type=float, default=DemoSettings().pretrain_lr, help="peak learning rate")
-    ap.add_argument("--pixel-std", type=float, default=DemoSettings().pixel_std[0],
+    ap.add_argument("--clips", type=int, default=settings.pretrain_clips)
+    ap.add_argument("--epochs", type=int, default=settings.pretrain_epochs)
+    ap.add_argument("--lr", type=float, default=settings.pretrain_lr, help="peak learning rate")
+    ap.add_argument("--pixel-std", type=float, default=settings.pixel_std[0],
                     help="std of the pixel normalisation, every channel")
     ap.add_argument("--models", nargs="+", choices=("vit", "cnn"), default=["vit", "cnn"])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    settings = DemoSettings()
     changes = {}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -73,8 +73,8 @@ def main() -> None:
                                             torch.device("cpu"), progress=False, lr=args.lr,
                                             pixel_mean=settings.pixel_mean, pixel_std=(args.pixel_std,) * 3)
         results[name]["seconds"] = time.perf_counter() - began
-    out = {"benchmark": "pretrain_probe", "world_changes": changes, "lr": args.lr, "pixel_std": args.pixel_std, "chance": 1 / world.num_classes,
-           "threads": torch.get_num_threads(), "results": results}
+    out = {"benchmark": "pretrain_probe", "world_changes": changes, "lr": args.lr, "pixel_std": args.pixel_std,
+           "chance": 1 / world.num_classes, "threads": torch.get_num_threads(), "results": results}
     print(json.dumps(out))
     print(f"\n{'model':<6}{'held-out acc':>14}{'train acc':>11}{'chance':>8}{'s':>6}")
     for name, r in results.items():

@@ -41,9 +41,10 @@ def clip_features(vit: VisionTransformer, clips: torch.Tensor, settings: DemoSet
             x = normalize_clip(clips[i : i + 64], settings.pixel_mean, settings.pixel_std).transpose(1, 2)
             _, taps = vit(x, taps=layers)
             for layer, tokens in taps.items():  # [B, T', h, w, D]
-                grid = pool_tokens(tokens, settings_grid)  # [B, T', 4, D], as the frozen pass pools a tap
+                grid = pool_tokens(tokens, settings_grid)  # [B, T', g*g, D], as the frozen pass pools a tap
                 out.setdefault(f"layer {layer} grid", []).append(grid.flatten(1))
-                out.setdefault(f"layer {layer} mean", []).append(tokens.mean((2, 3)).flatten(1))
+                # the spatial mean of the grid, as LoSA's base / head-only's features
+                out.setdefault(f"layer {layer} mean", []).append(grid.mean(2).flatten(1))
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -77,8 +78,7 @@ def main() -> None:
                             num_classes=state["head.weight"].shape[0], **dict(settings.vit))
     vit.load_state_dict(state)
     vit.eval()
-    depth = dict(settings.vit)["depth"]
-    layers = (depth // 3, 2 * depth // 3, depth)  # the demo's LoSA taps
+    layers = settings.losa_taps
     train_clips, train_y = make_trimmed_clips(world, args.train_clips, seed=11)
     test_clips, test_y = make_trimmed_clips(world, args.test_clips, seed=12)
     train_x = clip_features(vit, train_clips, settings, layers)

@@ -57,3 +57,14 @@ def test_mirror_flip_relabels_directional_classes():
     assert torch.equal(new[flipped], mirror[labels[flipped]])
     assert torch.equal(new[~flipped], labels[~flipped])
     assert not flipped[labels == names.index("spin_clockwise")].any()  # no mirror class: never flipped
+
+
+def test_demo_settings_check_pretrain_classes_when_built():
+    from e2etal.demo import DemoSettings
+
+    settings = DemoSettings()
+    assert settings.pretrain_world.class_names == ("move_left", "move_right")
+    assert settings.losa_taps == (2, 4, 6)
+    assert DemoSettings(pretrain_classes=None).pretrain_world == settings.world
+    with pytest.raises(ValueError, match="pretrain_classes"):
+        DemoSettings(pretrain_classes=settings.world.num_classes + 1)

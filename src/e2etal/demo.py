@@ -76,6 +76,24 @@ class DemoSettings:
     epochs: int = 30
     window_frames: int = 256
 
+    def __post_init__(self) -> None:
+        if self.pretrain_classes is not None and not 2 <= self.pretrain_classes <= self.world.num_classes:
+            raise ValueError(f"DemoSettings.pretrain_classes={self.pretrain_classes}: expected 2.."
+                             f"{self.world.num_classes} (the world's num_classes) or None")
+
+    @property
+    def pretrain_world(self) -> WorldConfig:
+        """The world whose trimmed clips pretraining classifies: its first `pretrain_classes` classes."""
+        if self.pretrain_classes is None:
+            return self.world
+        return replace(self.world, num_classes=self.pretrain_classes)
+
+    @property
+    def losa_taps(self) -> tuple[int, ...]:
+        """The ViT blocks LoSA reads (and the tap cache holds): a third, two thirds, the last."""
+        depth = dict(self.vit)["depth"]
+        return (depth // 3, 2 * depth // 3, depth)
+
     @classmethod
     def quick(cls) -> DemoSettings:
         world = WorldConfig(train_videos=6, val_videos=3, min_video_s=12.0, max_video_s=18.0, max_instances=3)
@@ -86,12 +104,7 @@ def pretrain_backbone(settings: DemoSettings, out_path: Path, seed: int, device:
     """Train a tiny ViT to classify trimmed clips of the world's first `pretrain_classes`
     classes; save it as an official-layout checkpoint (`{"model": state_dict}` with the
     classification head). Returns its accuracy."""
-    world = settings.world
-    if settings.pretrain_classes is not None:
-        if not 2 <= settings.pretrain_classes <= world.num_classes:
-            raise ValueError(f"DemoSettings.pretrain_classes={settings.pretrain_classes}: expected 2.."
-                             f"{world.num_classes} (the world's num_classes) or None")
-        world = replace(world, num_classes=settings.pretrain_classes)
+    world = settings.pretrain_world
     torch.manual_seed(seed)
     vit = VisionTransformer(img_size=world.height, num_frames=world.clip_frames, num_classes=world.num_classes,
                             **dict(settings.vit)).to(device)
@@ -166,7 +179,6 @@ def method_overrides(settings: DemoSettings, world_dir: Path, backbone: Path, ca
     w = settings.world
     vit = dict(settings.vit)
     positions = settings.window_frames // 2
-    taps = [vit["depth"] // 3, 2 * vit["depth"] // 3, vit["depth"]]
     kwargs = "{" + ", ".join(f"{k}: {v}" for k, v in {**vit, "img_size": w.height, "num_frames": w.clip_frames}.items()) + "}"
     return [
         f"video.annotations={world_dir / 'annotations.json'}", f"video.video_dir={world_dir / 'videos'}",
@@ -174,7 +186,7 @@ def method_overrides(settings: DemoSettings, world_dir: Path, backbone: Path, ca
         f"video.window_frames={settings.window_frames}", "video.augment=false", f"video.tap_cache={cache}",
         f"video.mean={list(settings.pixel_mean)}", f"video.std={list(settings.pixel_std)}",
         "backbone.name=vit-s", f"backbone.checkpoint={backbone}", f"backbone.kwargs={kwargs}", "backbone.micro_batch=16",
-        f"losa.taps={taps}", "losa.num_heads=4", "losa.reduction=2", "losa.short_window=4",
+        f"losa.taps={list(settings.losa_taps)}", "losa.num_heads=4", "losa.reduction=2", "losa.short_window=4",
         f"model.input_dim={vit['embed_dim']}", f"model.num_classes={w.num_classes}",
         "model.embed_dim=128", "model.head_dim=128", "model.num_heads=4", "model.window_size=9",
         "model.branch_layers=4", "model.regression_ranges=[[0,4],[4,8],[8,16],[16,32],[32,10000]]",
