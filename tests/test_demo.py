@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from e2etal.cli import main
+from e2etal.demo import METHODS, DemoSettings, train_method
+from e2etal.experiment import experiment_config
 
 
 @pytest.mark.slow
@@ -31,6 +33,12 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
     database = json.loads((out / "world" / "annotations.json").read_text())["database"]
     labels = {a["label"] for v in database.values() for a in v["annotations"]}
     assert labels <= {"move_left", "move_right", "move_up", "move_down"} and labels & {"move_up", "move_down"}
+    # another training seed on the same world, backbone and tap cache (benchmarks/demo_seeds.py --train-seeds)
+    again = train_method(out, DemoSettings.quick(), METHODS[1], train_seed=7, device=torch.device("cpu"),
+                         progress=False, run_name="LoSA-train7")
+    assert again["checkpoint"] == str(out / "runs" / "LoSA-train7" / "last") and 0.0 <= again["average_mAP"] <= 1.0
+    assert experiment_config(again["checkpoint"]).train.seed == 7
+    assert len(list((out / "tap_cache").iterdir())) == 1
 
 
 def test_mirror_flip_relabels_directional_classes():

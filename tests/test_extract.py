@@ -11,7 +11,6 @@ import hashlib
 import threading
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -27,6 +26,7 @@ from e2etal.extract import (
     extract_video,
     stream_clips,
 )
+from e2etal.synthetic import write_mp4
 
 HEIGHT, WIDTH, FPS = 48, 64, 25
 SIZE = 32
@@ -41,14 +41,9 @@ def _write_video(path: Path, num_frames: int, seed: int = 0) -> Path:
     """Smooth moving gradients (so that resizing and compression keep frames distinct)."""
     y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
     phase = np.random.default_rng(seed).uniform(0, 6, size=3)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        for i in range(num_frames):
-            channels = [127 + 100 * np.sin(x / 9 + y / 13 + i / 3 + phase[c] + c) for c in range(3)]
-            image = np.stack(channels, axis=-1).astype(np.uint8)  # [H, W, 3]
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
+    frames = np.stack([np.stack([127 + 100 * np.sin(x / 9 + y / 13 + i / 3 + phase[c] + c) for c in range(3)], axis=-1)
+                       for i in range(num_frames)]).astype(np.uint8)  # [T, H, W, 3]
+    write_mp4(path, torch.from_numpy(frames), FPS)
     return path
 
 

@@ -1,25 +1,14 @@
 """Tiny real videos for end-to-end tests: a bright square sliding left or right (two
-classes) over noise, written with PyAV, and their ground truth."""
+classes) over noise, written with `e2etal.synthetic.write_mp4`, and their ground truth."""
 
 import json
 
-import av
 import numpy as np
+import torch
+
+from e2etal.synthetic import write_mp4
 
 FPS = 10
-
-
-def write_video(path, frames: np.ndarray, fps: int = FPS) -> None:
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"qscale": "2"}
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
 
 
 def make_video_dataset(root, num_train=4, num_val=2, seconds=8.0, size=32, seed=0):
@@ -41,7 +30,7 @@ def make_video_dataset(root, num_train=4, num_val=2, seconds=8.0, size=32, seed=
                 frames[t + k, 12:20, x : x + 8] = 230
             anns.append({"label": label, "segment": [t / FPS, (t + dur) / FPS]})
             t += dur + int(rng.integers(5, 15))
-        write_video(root / "videos" / f"{vid}.mp4", frames)
+        write_mp4(root / "videos" / f"{vid}.mp4", torch.from_numpy(frames), FPS)
         database[vid] = {"subset": "training" if i < num_train else "validation", "duration": n / FPS,
                          "fps": FPS, "annotations": anns}
     (root / "annotations.json").write_text(json.dumps({"database": database}))
