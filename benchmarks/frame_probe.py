@@ -1,8 +1,9 @@
 """How much of what LoSA reads beyond head-only's input can the demo's own data teach?
 
 Frame-level linear probes on the tap cache of a finished video run (a demo's
-`<demo out>/runs/LoSA/last`, or any run with `video.tap_cache` set): every temporal position of the untrimmed videos is labelled with the class of the
-ground-truth instance around its centre, or background. A probe fits the training videos'
+`<demo out>/runs/LoSA/last`, or any run with `video.tap_cache` set): every temporal
+position of the untrimmed videos is labelled with the class of the ground-truth instance
+around its centre, or background. A probe fits the training videos'
 positions and is scored on the validation videos'. Each feature set is read at the
 position and its `--window` neighbours on each side (edges repeated), the span LoSA's
 short-range adapter attends over:
@@ -13,8 +14,8 @@ short-range adapter attends over:
 * `taps grid`: every tapped layer's grid (what the short-range adapters read).
 
 `benchmarks/tap_probe.py` asks whether a direction is present in clean trimmed clips;
-this asks whether it can be learned from the demo's training videos, in seconds instead
-of a demo run. A world where `taps grid` does not beat `last mean` on validation leaves
+this asks whether it can be learned from the demo's training videos, in under a minute
+instead of a demo run. A world where `taps grid` does not beat `last mean` on validation leaves
 LoSA little to gain over head-only.
 
     python benchmarks/frame_probe.py --run /tmp/e2etal-demo-seeds/seed0/runs/LoSA/last
