@@ -20,9 +20,8 @@ import json
 import statistics
 import time
 
-import torch
-
 from e2etal.demo import METHODS, DemoSettings, run_demo, train_method
+from e2etal.engine.trainer import resolve_device
 
 
 def main() -> None:
@@ -43,17 +42,18 @@ def main() -> None:
         value = None if args.pretrain_classes == "all" else int(args.pretrain_classes)
         settings = dataclasses.replace(settings, pretrain_classes=value)
 
+    device = resolve_device(args.device)
     per_seed = {}
     t0 = time.perf_counter()
     for seed in args.seeds:
         seed_dir = f"{args.out}/seed{seed}"
-        report = run_demo(seed_dir, seed=seed, device=args.device, progress=False, settings=settings)
+        report = run_demo(seed_dir, seed=seed, device=str(device), progress=False, settings=settings)
         runs = {k: [v["average_mAP"]] for k, v in report["methods"].items()}
         for k in range(1, args.train_seeds):
             train_seed = seed + 1000 * k
             for m in METHODS:
-                result = train_method(seed_dir, settings, m, train_seed, torch.device(report["settings"]["device"]),
-                                      progress=False, run_name=f"{m.name}-train{train_seed}")
+                result = train_method(seed_dir, settings, m, train_seed, device, progress=False,
+                                      run_name=f"{m.name}-train{train_seed}")
                 runs[m.name].append(result["average_mAP"])
         per_seed[seed] = {
             "methods": {k: statistics.mean(v) for k, v in runs.items()},

@@ -29,6 +29,7 @@ from e2etal.adapters.losa import LoSAConfig
 from e2etal.backbones.vit import VisionTransformer
 from e2etal.data.video import normalize_clip
 from e2etal.demo import DemoSettings
+from e2etal.extract import build_backbone
 from e2etal.synthetic import make_trimmed_clips
 
 
@@ -73,11 +74,8 @@ def main() -> None:
 
     settings = DemoSettings()
     world = settings.world
-    state = torch.load(args.backbone, weights_only=True)["model"]
-    vit = VisionTransformer(img_size=world.height, num_frames=world.clip_frames,
-                            num_classes=state["head.weight"].shape[0], **dict(settings.vit))
-    vit.load_state_dict(state)
-    vit.eval()
+    vit = build_backbone("vit-s", args.backbone, img_size=world.height, num_frames=world.clip_frames,
+                         **dict(settings.vit)).module.eval()
     layers = settings.losa_taps
     train_clips, train_y = make_trimmed_clips(world, args.train_clips, seed=11)
     test_clips, test_y = make_trimmed_clips(world, args.test_clips, seed=12)

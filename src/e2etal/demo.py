@@ -213,9 +213,10 @@ def train_method(out: Path, settings: DemoSettings, method: DemoMethod, train_se
     one world measures how much of a gap between methods is training noise
     (`benchmarks/demo_seeds.py --train-seeds`)."""
     out = Path(out)
-    run_dir = out / "runs" / (run_name or method.name)
+    name = run_name or method.name
+    run_dir = out / "runs" / name
     base = method_overrides(settings, out / "world", out / BACKBONE_FILE, out / "tap_cache", train_seed)
-    cfg = load_config(ExperimentConfig, None, base + [f"out_dir={run_dir}", f"name={run_name or method.name}",
+    cfg = load_config(ExperimentConfig, None, base + [f"out_dir={run_dir}", f"name={name}",
                                                       f"train.device={device}", f"train.progress={progress}"]
                       + list(method.overrides))
     train(cfg)

@@ -6,7 +6,7 @@ from __future__ import annotations
 def register(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the whole pipeline on synthetic video (about 5 minutes on 2 CPU cores)",
+        help="run the whole pipeline on synthetic video (about 6 minutes on 2 CPU cores)",
         description="Generate synthetic untrimmed videos with exact ground truth, pretrain a tiny video ViT on "
         "trimmed clips, train and evaluate head-only transfer and LoSA on the untrimmed videos, run detection "
         "on a held-out video and draw its timeline. Everything lands in --out, figures in report.json.",
