@@ -267,12 +267,34 @@ def test_dilated_mode_runs_and_covers_the_dilation_stack():
     assert not torch.allclose(fused, last.mean(dim=2))
 
 
+@pytest.mark.parametrize("kernel, reaches", [(None, True), (3, False)])
+def test_short_range_conv_spans_the_neighbourhood_by_default(kernel, reaches):
+    # The conv is the short-range adapter's only operator that can subtract one token from
+    # another (motion); by default its temporal kernel covers the whole +-w neighbourhood.
+    w = 3
+    cfg = LoSAConfig(grid=GRID, reduction=2, short_window=w, short_conv_kernel=kernel)
+    assert cfg.conv_kernel == (2 * w + 1 if kernel is None else kernel)
+    torch.manual_seed(0)
+    short = ShortRangeAdapter(D, cfg).eval()
+    assert short.conv.kernel_size == (cfg.conv_kernel, 3, 3)
+    with torch.no_grad():
+        short.proj.weight.zero_()  # silence the attention: what is left is the conv path
+        short.proj.bias.zero_()
+        tap = torch.randn(1, 12, GRID * GRID, D)
+        moved = tap.clone()
+        moved[:, 4 + w] += torch.randn(GRID * GRID, D)  # w positions after the query at 4
+        mask = torch.ones(1, 12, dtype=torch.bool)
+        changed = not torch.allclose(short(tap, mask)[0, 4], short(moved, mask)[0, 4])
+    assert changed == reaches
+
+
 def test_config_validation_and_parameter_count():
     assert LoSAConfig(taps=[24, 40], dilations=[1, 3]).taps == (24, 40)
     with torch.device("meta"):
         assert FrozenBackbone(vit_giant(), taps=LoSAConfig().taps).taps == (24, 28, 32, 36, 40)
     for bad in ({"long_mode": "lstm"}, {"grid": 0}, {"taps": ()}, {"taps": (3, 3)}, {"dropout": 1.0},
-                {"dilations": (0,)}, {"long_layers": 0}, {"short_window": -1}):
+                {"dilations": (0,)}, {"long_layers": 0}, {"short_window": -1}, {"short_conv_kernel": 4},
+                {"short_conv_kernel": 0}):
         with pytest.raises(ValueError):
             LoSAConfig(**bad)
     with pytest.raises(ValueError, match="num_heads"):

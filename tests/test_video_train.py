@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 import torch
 
 from e2etal.config import load_config
@@ -92,6 +93,19 @@ def test_checkpoint_holds_no_backbone_weights_and_reloads(videos, tmp_path):
     result, dets = evaluate_checkpoint(tmp_path / "run" / "last", progress=False)
     assert result.mAP.shape == (5,)
     assert set(dets.video) <= {"clip4", "clip5"}
+
+
+def test_checkpoint_from_before_short_conv_kernel_reloads(videos, tmp_path):
+    # LoSA checkpoints written before `losa.short_conv_kernel` existed have no such key in
+    # their config.yaml and a 3-position short-range conv; they must still load.
+    train(_cfg(videos, tmp_path, "losa.short_conv_kernel=3", epochs=1))
+    config = tmp_path / "run" / "last" / "config.yaml"
+    data = yaml.safe_load(config.read_text())
+    del data["losa"]["short_conv_kernel"]
+    config.write_text(yaml.safe_dump(data))
+    detector, cfg, _ = load_detector(tmp_path / "run" / "last", device="cpu")
+    assert cfg.losa.short_conv_kernel == 3
+    assert detector.adapters.short[0].conv.kernel_size[0] == 3
 
 
 def _losses(run_dir):

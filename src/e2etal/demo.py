@@ -81,6 +81,10 @@ class DemoSettings:
     pixel_std: tuple[float, float, float] = (0.06, 0.06, 0.06)
     epochs: int = 30
     window_frames: int = 256
+    # Temporal kernel of LoSA's short-range conv: the +-4 positions its attention reads
+    # (LoSAConfig's default). 3 left LoSA level with head-only; 17 collapsed one run of
+    # nine (benchmarks/RESULTS.md).
+    short_conv_kernel: int = 9
 
     def __post_init__(self) -> None:
         if self.pretrain_classes is not None and not 2 <= self.pretrain_classes <= self.world.num_classes:
@@ -193,6 +197,7 @@ def method_overrides(settings: DemoSettings, world_dir: Path, backbone: Path, ca
         f"video.mean={list(settings.pixel_mean)}", f"video.std={list(settings.pixel_std)}",
         "backbone.name=vit-s", f"backbone.checkpoint={backbone}", f"backbone.kwargs={kwargs}", "backbone.micro_batch=16",
         f"losa.taps={list(settings.losa_taps)}", "losa.num_heads=4", "losa.reduction=2", "losa.short_window=4",
+        f"losa.short_conv_kernel={settings.short_conv_kernel}",
         f"model.input_dim={vit['embed_dim']}", f"model.num_classes={w.num_classes}",
         "model.embed_dim=128", "model.head_dim=128", "model.num_heads=4", "model.window_size=9",
         "model.branch_layers=4", "model.regression_ranges=[[0,4],[4,8],[8,16],[16,32],[32,10000]]",

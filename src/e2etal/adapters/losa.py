@@ -51,6 +51,11 @@ class LoSAConfig:
     grid: int = 2  # side of the pooled spatial grid of each tap (g x g tokens per position)
     reduction: int = 4  # adapters work at width D / reduction
     short_window: int = 4  # short-range neighbourhood: +-w temporal positions
+    # Temporal kernel of the short-range conv block (odd); None = 2 * short_window + 1, the
+    # whole neighbourhood. The conv is the adapter's one operator that can take differences
+    # between tokens (where an object was against where it is now); the attention after it
+    # only averages. A 3-position kernel sees motion over 2 positions only.
+    short_conv_kernel: int | None = None
     num_heads: int = 4  # heads of the short-range cross-attention and long-range self-attention
     # Long-range adapter: "attention" = temporal self-attention over the whole window;
     # "dilated" = stacked dilated temporal convolutions, for windows too long to attend over.
@@ -75,6 +80,9 @@ class LoSAConfig:
             raise ValueError(f"LoSAConfig.reduction must be >= 1, got {self.reduction}")
         if self.short_window < 0:
             raise ValueError(f"LoSAConfig.short_window must be >= 0, got {self.short_window}")
+        if self.short_conv_kernel is not None and (self.short_conv_kernel < 1 or self.short_conv_kernel % 2 == 0):
+            raise ValueError(f"LoSAConfig.short_conv_kernel must be an odd integer >= 1 or None, "
+                             f"got {self.short_conv_kernel}")
         if self.num_heads < 1:
             raise ValueError(f"LoSAConfig.num_heads must be >= 1, got {self.num_heads}")
         if self.long_mode not in LONG_MODES:
@@ -85,6 +93,11 @@ class LoSAConfig:
             raise ValueError(f"LoSAConfig.dilations must be positive integers, got {self.dilations}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoSAConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def conv_kernel(self) -> int:
+        """Temporal kernel of the short-range conv block (`short_conv_kernel` resolved)."""
+        return 2 * self.short_window + 1 if self.short_conv_kernel is None else self.short_conv_kernel
 
     def adapter_width(self, dim: int) -> int:
         """Width `d = D / reduction` of the adapters, checked against the head count."""
@@ -137,8 +150,11 @@ class ShortRangeAdapter(nn.Module):
 
     1. LayerNorm + down-projection tap_width -> d (the tapped residual stream is not
        normalised, and its scale differs from layer to layer).
-    2. A residual depthwise 3-D conv over (time 3, grid k x k): local spatio-temporal
-       mixing before the attention, so keys already carry their neighbours' motion.
+    2. A residual depthwise 3-D conv over (time, grid k x k), the temporal kernel spanning
+       the neighbourhood by default (`LoSAConfig.conv_kernel`): local spatio-temporal
+       mixing before the attention, so keys already carry their neighbours' motion. It
+       can subtract a token from another (an object's cell now against a few positions
+       ago); the attention can only average them.
     3. Multi-head cross-attention: position t's query is its spatially pooled token; its
        keys/values are the g*g tokens of positions t-w .. t+w (outside the sequence or
        padded: masked). The output is the pooled token plus the attention result.
@@ -157,7 +173,8 @@ class ShortRangeAdapter(nn.Module):
         self.down = nn.Linear(self.tap_width, width)
         # A 1x1 grid has no spatial neighbours: the kernel collapses to time only.
         k = 3 if cfg.grid > 1 else 1
-        self.conv = nn.Conv3d(width, width, (3, k, k), padding=(1, k // 2, k // 2), groups=width)
+        kt = cfg.conv_kernel
+        self.conv = nn.Conv3d(width, width, (kt, k, k), padding=(kt // 2, k // 2, k // 2), groups=width)
         self.act = nn.GELU()
         self.norm_attn = nn.LayerNorm(width)
         self.q = nn.Linear(width, width)
