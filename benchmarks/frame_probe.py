@@ -46,7 +46,7 @@ from e2etal.experiment import build_detector, experiment_config, tap_cache_for
 
 def position_labels(video, classes, grid, num_positions: int) -> torch.Tensor:
     """`[T']` class index of the instance containing each position's centre; `len(classes)` = background."""
-    centres = grid.offset_s + grid.step_s * torch.arange(num_positions, dtype=torch.float64)
+    centres = grid.to_seconds(torch.arange(num_positions, dtype=torch.float64))
     labels = torch.full((num_positions,), len(classes))
     for inst in video.instances:
         labels[(centres >= inst.start_s) & (centres < inst.end_s)] = classes.index(inst.label)
@@ -56,8 +56,8 @@ def position_labels(video, classes, grid, num_positions: int) -> torch.Tensor:
 def clean_positions(video, grid, num_positions: int, window: int) -> torch.Tensor:
     """`[T']` bool: the position's window (itself and `window` neighbours on each side, each
     position spanning `grid.step_s`) lies inside one instance."""
-    centres = grid.offset_s + grid.step_s * torch.arange(num_positions, dtype=torch.float64)
-    first, last = centres - (window + 0.5) * grid.step_s, centres + (window + 0.5) * grid.step_s
+    positions = torch.arange(num_positions, dtype=torch.float64)
+    first, last = grid.to_seconds(positions - window - 0.5), grid.to_seconds(positions + window + 0.5)
     clean = torch.zeros(num_positions, dtype=torch.bool)
     for inst in video.instances:
         clean |= (first >= inst.start_s) & (last <= inst.end_s)
