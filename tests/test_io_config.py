@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from e2etal import io
-from e2etal.config import ConfigError, load_config, to_dict
+from e2etal.config import ConfigError, config_changes, load_config, to_dict
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
@@ -65,3 +65,10 @@ def test_yaml_is_data_not_code(tmp_path):
     path.write_text("name: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(Outer, path)
+
+
+def test_config_changes_lists_differing_entries_by_dotted_key():
+    old = {"model": {"embed_dim": 128, "ranges": [[0, 4]]}, "losa": {"taps": [2]}, "name": "a"}
+    new = {"model": {"embed_dim": 256, "ranges": [[0, 4]]}, "losa": {"taps": [2], "short_conv_kernel": None}, "name": "a"}
+    assert config_changes(old, new) == ["losa.short_conv_kernel: <absent> -> None", "model.embed_dim: 128 -> 256"]
+    assert config_changes(new, new) == []

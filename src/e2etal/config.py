@@ -107,6 +107,19 @@ def to_dict(cfg: Any) -> dict:
     return plain(dataclasses.asdict(cfg))
 
 
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The entries that differ between two nested config dicts, as `a.b: old -> new`
+    (`<absent>` for a key one side lacks), in key order."""
+    changes = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append(f"{prefix}{key}: {a} -> {b}")
+    return changes
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `a.b.c=value` strings to a nested dict; values are parsed as YAML scalars/lists."""
     for item in overrides:

@@ -54,7 +54,10 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
     loaded from its own checkpoint) are expected to be absent. Anything else missing or
     unexpected is an error naming the checkpoint and the keys."""
     frozen = tuple(getattr(model, "frozen_prefixes", ()))
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape
+        raise ValueError(f"{source}: weights do not fit the model built from its config: {e}") from None
     missing = [k for k in result.missing_keys if not (frozen and k.startswith(frozen))]
     if missing or result.unexpected_keys:
         raise ValueError(

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from e2etal import io
+from e2etal.config import config_changes
 from e2etal.data.annotations import ClassMap
 from e2etal.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from e2etal.engine.ema import ModelEMA, trainable_state
@@ -167,7 +168,14 @@ class Trainer:
         ckpt = load_checkpoint(path)
         if ckpt.state is None:
             raise ValueError(f"{ckpt.path}: has no training state to resume from")
-        load_weights(self.model, ckpt.model, ckpt.path)
+        try:
+            load_weights(self.model, ckpt.model, ckpt.path)
+        except ValueError as e:
+            changes = config_changes(ckpt.config, self.config_dict)
+            if not changes:
+                raise
+            raise ValueError(f"{e}\nThe checkpoint's config.yaml differs from this run's config in "
+                             f"{'; '.join(changes)} (set the model's entries as they were with --set KEY=VALUE)") from None
         if self.ema is not None:
             if ckpt.ema is None:
                 raise ValueError(f"{ckpt.path}: has no EMA weights but train.ema_decay is set")

@@ -155,6 +155,12 @@ class ActionFormerHead(nn.Module):
         # Start every class at probability prior_prob: with ~all points negative, a 0.5
         # start would make the first steps' focal loss huge and unstable (RetinaNet).
         nn.init.constant_(self.cls_tower.out.conv.bias, -math.log((1 - self.cfg.prior_prob) / self.cfg.prior_prob))
+        # Start every offset at exactly one stride. The offsets pass through a ReLU, and
+        # a randomly initialised output conv is negative on a whole level for many seeds
+        # (its inputs are post-ReLU, so a common component dominates); a ReLU passes no
+        # gradient there, and that side's regression never learns.
+        nn.init.zeros_(self.reg_tower.out.conv.weight)
+        nn.init.constant_(self.reg_tower.out.conv.bias, 1.0)
 
     def forward(self, features: Tensor, mask: Tensor) -> HeadOutput:
         # features: [B, C_in, T] in feature steps, mask: [B, T] bool (True = valid)
