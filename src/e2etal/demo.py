@@ -82,8 +82,8 @@ class DemoSettings:
     epochs: int = 30
     window_frames: int = 256
     # Temporal kernel of LoSA's short-range conv: the +-4 positions its attention reads
-    # (LoSAConfig's default). 3 left LoSA level with head-only; 17 collapsed one run of
-    # nine (benchmarks/RESULTS.md).
+    # (LoSAConfig's default). Kernel 3 (session 4) and 17 (session 6, one seed) scored
+    # lower (benchmarks/RESULTS.md).
     short_conv_kernel: int = 9
 
     def __post_init__(self) -> None:
