@@ -106,8 +106,9 @@ def test_checkpoint_from_before_short_conv_kernel_reloads(videos, tmp_path):
     detector, cfg, _ = load_detector(tmp_path / "run" / "last", device="cpu")
     assert cfg.losa.short_conv_kernel == 3
     assert detector.adapters.short[0].conv.kernel_size[0] == 3
-    # Resuming it with a config that builds another conv names the entry that differs.
-    with pytest.raises(ValueError, match=r"differs from this run's config in losa\.short_conv_kernel: <absent> -> None"):
+    # Resuming it with a config that builds another conv names the entry that differs,
+    # with the value to set.
+    with pytest.raises(ValueError, match=r"differs from this run's config in losa\.short_conv_kernel: 3 -> None"):
         train(_cfg(videos, tmp_path, epochs=2), resume=tmp_path / "run" / "last")
 
 

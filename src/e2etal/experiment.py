@@ -115,20 +115,9 @@ def experiment_config(config_or_checkpoint: str | Path, overrides: list[str] = (
     path = Path(config_or_checkpoint)
     if path.is_dir():
         ckpt = load_checkpoint(path, with_state=False)
-        data = apply_overrides(saved_config(ckpt.config), list(overrides))
+        data = apply_overrides(copy.deepcopy(ckpt.config), list(overrides))
         return from_dict(ExperimentConfig, data, str(ckpt.path / "config.yaml"))
     return load_config(ExperimentConfig, path, overrides)
-
-
-def saved_config(data: dict) -> dict:
-    """A copy of a checkpoint's saved config, with the defaults of the version that wrote it
-    where a later version changed them: a `losa` section without `short_conv_kernel` comes
-    from before that setting existed, when the short-range conv spanned 3 positions."""
-    data = copy.deepcopy(data)
-    losa = data.get("losa")
-    if isinstance(losa, dict) and "short_conv_kernel" not in losa:
-        losa["short_conv_kernel"] = 3
-    return data
 
 
 def _check_model_fits_data(cfg: ExperimentConfig, feature_dim: int, classes: ClassMap) -> None:
@@ -249,7 +238,7 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> TrainResul
 def load_detector(checkpoint: str | Path, device: str = "auto") -> tuple[FeatureDetector | VideoDetector, ExperimentConfig, ClassMap]:
     """A trained detector (EMA weights when present) with its config and class map."""
     ckpt = load_checkpoint(checkpoint, with_state=False)
-    cfg = from_dict(ExperimentConfig, saved_config(ckpt.config), str(ckpt.path / "config.yaml"))
+    cfg = from_dict(ExperimentConfig, ckpt.config, str(ckpt.path / "config.yaml"))
     detector = build_detector(cfg)
     load_weights(detector, ckpt.inference_weights, ckpt.path)
     return detector.to(resolve_device(device)).eval(), cfg, ckpt.classes

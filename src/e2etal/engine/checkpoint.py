@@ -100,6 +100,16 @@ def save_checkpoint(
     return path
 
 
+def _with_past_defaults(config: dict) -> dict:
+    """A saved config with the defaults of the version that wrote it, where a later version
+    changed them: a `losa` section without `short_conv_kernel` comes from before that
+    setting existed, when the short-range conv spanned 3 positions."""
+    losa = config.get("losa")
+    if isinstance(losa, dict) and "short_conv_kernel" not in losa:
+        losa["short_conv_kernel"] = 3
+    return config
+
+
 def load_checkpoint(path: str | Path, with_state: bool = True) -> Checkpoint:
     """Load a checkpoint directory (or its `model.safetensors`); nothing in it can run code."""
     path = Path(path)
@@ -115,7 +125,7 @@ def load_checkpoint(path: str | Path, with_state: bool = True) -> Checkpoint:
         state = None
         if with_state and (path / STATE_FILE).exists():
             state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-        config = yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+        config = _with_past_defaults(yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8")) or {})
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{path}: incomplete checkpoint ({e.filename} missing)") from None
     except Exception as e:  # safetensors / torch / yaml each raise their own types
