@@ -186,6 +186,28 @@ def test_gradients_reach_every_adapter_parameter_and_no_backbone_parameter(long_
     assert all(p.grad is None for p in frozen.parameters())
 
 
+def test_layout_read_sees_where_things_are_and_trains_from_the_first_step():
+    """Two positions whose grid cells hold the same tokens in another order have the same
+    spatial mean (head-only transfer cannot tell them apart); at initialisation LoSA returns
+    that mean for both, the layout read gets a gradient from the first backward pass, and
+    once it has moved the two positions differ."""
+    cfg = LoSAConfig(grid=GRID, reduction=2)
+    adapters = LoSAAdapters(D, 2, cfg)
+    g = torch.Generator().manual_seed(4)
+    tapped = torch.randn(1, 6, 2, GRID * GRID, D, generator=g)
+    last = torch.randn(1, 6, GRID * GRID, D, generator=g)
+    last[0, 3] = last[0, 2].flip(0)  # position 3: position 2's cells in reverse order
+    fused = adapters(tapped, last)
+    torch.testing.assert_close(fused[0, 3], fused[0, 2])  # only the mean reaches the output
+    fused.square().mean().backward()
+    assert adapters.fusion.layout.weight.grad.abs().max() > 0
+    assert adapters.fusion.up.weight.grad.abs().max() == 0  # the adapters' path waits for the scale
+    with torch.no_grad():
+        adapters.fusion.layout.weight.normal_(0, 0.02)
+        moved = adapters(tapped, last)
+    assert (moved[0, 3] - moved[0, 2]).abs().max() > 1e-3
+
+
 def _saved_bytes(depth: int, taps) -> tuple[int, list[tuple[int, ...]]]:
     """Bytes and shapes of every tensor autograd saves during frozen pass + adapters."""
     frozen, adapters = build(depth=depth, taps=taps)
@@ -303,9 +325,12 @@ def test_config_validation_and_parameter_count():
         LoSAAdapters(64, 3, LoSAConfig(), tap_widths=(16, 64))
     with pytest.raises(ValueError, match="tap width 128 out of range"):
         LoSAAdapters(64, 2, LoSAConfig(), tap_widths=(128, 64))
-    # ViT-g (D = 1408), 5 taps, r = 4: about 14 M trainable parameters, ~1.4 % of the backbone.
-    count = sum(p.numel() for p in LoSAAdapters(1408, 5, LoSAConfig()).parameters())
-    assert 10e6 < count < 20e6
+    # ViT-g (D = 1408), 5 taps, r = 4: about 14 M trainable parameters in the adapters and
+    # 8 M in the layout read (2x2 grid), ~2.2 % of the backbone.
+    adapters = LoSAAdapters(1408, 5, LoSAConfig())
+    count = sum(p.numel() for p in adapters.parameters())
+    assert sum(p.numel() for p in adapters.fusion.layout.parameters()) == 4 * 1408 * 1408 + 1408
+    assert 20e6 < count < 25e6
 
 
 # ---------------------------------------------------------------------------------------

@@ -112,6 +112,32 @@ def test_checkpoint_from_before_short_conv_kernel_reloads(videos, tmp_path):
         train(_cfg(videos, tmp_path, epochs=2), resume=tmp_path / "run" / "last")
 
 
+def test_checkpoint_from_before_the_layout_read_loads_with_a_zero_read(videos, tmp_path):
+    # LoSA checkpoints written before the fusion's layout read existed lack its weights; a
+    # read of zeros is the model they were trained as.
+    from safetensors.torch import load_file, save_file
+
+    train(_cfg(videos, tmp_path, epochs=1))
+    last = tmp_path / "run" / "last"
+    for name in ("model.safetensors", "ema.safetensors"):
+        weights = load_file(str(last / name))
+        assert weights.pop("adapters.fusion.layout.weight").abs().max() > 0
+        del weights["adapters.fusion.layout.bias"]
+        save_file(weights, str(last / name))
+    detector, _, _ = load_detector(last, device="cpu")
+    layout = detector.adapters.fusion.layout
+    assert layout.weight.abs().max() == 0 and layout.bias.abs().max() == 0
+    assert layout.weight.shape == (detector.adapters.dim, 4 * detector.adapters.dim)
+    # Its optimizer state lacks the read's parameters (here: one parameter fewer); resuming
+    # says so, naming the checkpoint.
+    state = torch.load(last / "training_state.pt", weights_only=True)
+    dropped = state["optimizer"]["param_groups"][0]["params"].pop()
+    state["optimizer"]["state"].pop(dropped, None)
+    torch.save(state, last / "training_state.pt")
+    with pytest.raises(ValueError, match=r"last: its optimizer state does not fit this model"):
+        train(_cfg(videos, tmp_path, epochs=2), resume=last)
+
+
 def _losses(run_dir):
     with open(run_dir / "metrics.csv") as f:
         return [float(r["train_loss"]) for r in csv.DictReader(f)]

@@ -5,14 +5,16 @@ per-position features for the TAL head:
 
     tapped [B, T', L, g*g, D] ─┬─ per tap: ShortRangeAdapter ─┐
                                └─ per tap: LongRangeAdapter ──┴─ GatedFusion ─▶ [B, T', D]
-    last   [B, T', g*g, D] ──── spatial mean ──────────────────────────┘ (+ scale * ...)
+    last   [B, T', g*g, D] ─┬── spatial mean ──────────────────────────┘ (+ scale * ...)
+                            └── layout: linear read of the g*g grid ───┘ (+ ...)
 
 D is the last layer's width. A tap may be narrower (the early stages of a TSM-ResNet):
 it arrives zero-padded to D and its adapters read only its own `width_l` channels, so
 the padding never reaches them (nor their LayerNorm statistics). Every adapter works at
 the common reduced width `d = D / reduction`. The fusion adds its result to the last
-layer's pooled features through a per-channel scale that starts at zero, so an
-untrained LoSA returns exactly the head-only-transfer features.
+layer's pooled features through a per-channel scale that starts at zero, together with
+a linear read of the last layer's g*g grid that starts at zero (the layout the spatial
+mean discards), so an untrained LoSA returns exactly the head-only-transfer features.
 
 Padded positions (mask False) never influence valid ones: they are zeroed before every
 temporal convolution and excluded as attention keys, so a valid position's output equals
@@ -337,14 +339,23 @@ class LongRangeAdapter(nn.Module):
 class GatedFusion(nn.Module):
     """Long-Short-range Gated Fusion.
 
-    `forward(long [B, T', L, d], short [B, T', L, d], base [B, T', D], mask [B, T'])
-    -> [B, T', D]`:
+    `forward(long [B, T', L, d], short [B, T', L, d], last [B, T', g*g, D], mask [B, T'])
+    -> [B, T', D]`, where `base = last.mean(dim=2)` (head-only transfer's features):
 
     * per tap l, a per-channel sigmoid gate computed from both outputs mixes them:
       `m_l = s * long_l + (1 - s) * short_l`, `s = sigmoid(W_l [long_l, short_l])`;
     * a softmax over learnable tap logits (uniform at start) weights the layers;
     * an up-projection d -> D, added to `base` through a per-channel scale that starts
-      at 0: at initialisation the output is `base` exactly (head-only transfer).
+      at 0;
+    * the layout read: a linear map of the last layer's g*g tokens, concatenated
+      (g*g*D -> D), whose weights and bias start at 0. The spatial mean `base` loses where
+      in the frame things are; this keeps it, at the scale of the backbone's features.
+      Its weights train from the first step, whereas the adapters' path through `scale`
+      gets gradients only once the scale has moved. On the demo's world (where the
+      direction of a glide shows only in which cells an object is over time) it carries
+      most of LoSA's gain (benchmarks/RESULTS.md).
+
+    At initialisation the output is `base` exactly (head-only transfer).
     """
 
     def __init__(self, dim: int, num_taps: int, cfg: LoSAConfig):
@@ -354,8 +365,11 @@ class GatedFusion(nn.Module):
         self.tap_logits = nn.Parameter(torch.zeros(num_taps))
         self.up = nn.Linear(width, dim)
         self.scale = nn.Parameter(torch.zeros(dim))
+        self.layout = nn.Linear(cfg.grid * cfg.grid * dim, dim)
+        nn.init.zeros_(self.layout.weight)
+        nn.init.zeros_(self.layout.bias)
 
-    def forward(self, long: Tensor, short: Tensor, base: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, long: Tensor, short: Tensor, last: Tensor, mask: Tensor) -> Tensor:
         mixed = []
         for i, gate in enumerate(self.gates):
             long_i, short_i = long[:, :, i], short[:, :, i]  # [B, T', d]
@@ -364,7 +378,8 @@ class GatedFusion(nn.Module):
         weights = torch.softmax(self.tap_logits, dim=0)  # [L]
         combined = (torch.stack(mixed, dim=2) * weights[:, None]).sum(dim=2)  # [B, T', d]
         update = self.up(combined) * _valid(mask, combined)  # [B, T', D]
-        return base + self.scale * update  # [B, T', D]
+        layout = self.layout(last.flatten(2)) * _valid(mask, combined)  # [B, T', D]
+        return last.mean(dim=2) + layout + self.scale * update  # [B, T', D]
 
 
 class LoSAAdapters(nn.Module):
@@ -404,8 +419,7 @@ class LoSAAdapters(nn.Module):
         elif mask.shape != (B, T) or mask.dtype != torch.bool:
             raise ValueError(f"expected a bool mask [B, T'] = [{B}, {T}], got {mask.dtype} {tuple(mask.shape)}")
 
-        base = last.mean(dim=2)  # [B, T', D]: head-only-transfer features
         pooled = tapped.mean(dim=3)  # [B, T', L, D]
         short = torch.stack([adapter(tapped[:, :, i], mask) for i, adapter in enumerate(self.short)], dim=2)
         long = torch.stack([adapter(pooled[:, :, i], mask) for i, adapter in enumerate(self.long)], dim=2)
-        return self.fusion(long, short, base, mask)  # [B, T', D]
+        return self.fusion(long, short, last, mask)  # [B, T', D]

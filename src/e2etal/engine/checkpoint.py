@@ -110,6 +110,23 @@ def _with_past_defaults(config: dict) -> dict:
     return config
 
 
+def _weights_with_past_defaults(weights: dict[str, torch.Tensor] | None, config: dict) -> dict[str, torch.Tensor] | None:
+    """Weights with the parameters a later version added, at the values that leave the
+    model as it was: a LoSA fusion without `layout` (the linear read of the last layer's
+    grid) comes from before it existed, which is the same as a layout read of zeros."""
+    if weights is None:
+        return None
+    losa = config.get("losa") if isinstance(config.get("losa"), dict) else {}
+    cells = int(losa.get("grid", 2)) ** 2
+    for key in [k for k in weights if k.endswith("fusion.scale")]:
+        prefix = key[: -len("scale")]
+        if prefix + "layout.weight" not in weights:
+            dim = weights[key].shape[0]
+            weights[prefix + "layout.weight"] = torch.zeros(dim, cells * dim, dtype=weights[key].dtype)
+            weights[prefix + "layout.bias"] = torch.zeros(dim, dtype=weights[key].dtype)
+    return weights
+
+
 def load_checkpoint(path: str | Path, with_state: bool = True) -> Checkpoint:
     """Load a checkpoint directory (or its `model.safetensors`); nothing in it can run code."""
     path = Path(path)
@@ -130,4 +147,5 @@ def load_checkpoint(path: str | Path, with_state: bool = True) -> Checkpoint:
         raise FileNotFoundError(f"{path}: incomplete checkpoint ({e.filename} missing)") from None
     except Exception as e:  # safetensors / torch / yaml each raise their own types
         raise ValueError(f"{path}: cannot read checkpoint: {e}") from None
+    model, ema = _weights_with_past_defaults(model, config), _weights_with_past_defaults(ema, config)
     return Checkpoint(path, model, ema, state, config, ClassMap.load(path / CLASSES_FILE))

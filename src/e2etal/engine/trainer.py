@@ -180,7 +180,12 @@ class Trainer:
             if ckpt.ema is None:
                 raise ValueError(f"{ckpt.path}: has no EMA weights but train.ema_decay is set")
             self.ema.load_state_dict(ckpt.ema)
-        self.optimizer.load_state_dict(ckpt.state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(ckpt.state["optimizer"])
+        except ValueError as e:  # the model has parameters the saved optimizer never saw
+            raise ValueError(f"{ckpt.path}: its optimizer state does not fit this model ({e}); a checkpoint "
+                             f"from an older version loads for evaluation and detection but cannot be "
+                             f"resumed: start a new run from its weights") from None
         self.scheduler.load_state_dict(ckpt.state["scheduler"])
         self.epoch = int(ckpt.state["epoch"])
         self.best_metric = ckpt.state["best_metric"]
