@@ -377,8 +377,9 @@ class GatedFusion(nn.Module):
             mixed.append(s * long_i + (1.0 - s) * short_i)
         weights = torch.softmax(self.tap_logits, dim=0)  # [L]
         combined = (torch.stack(mixed, dim=2) * weights[:, None]).sum(dim=2)  # [B, T', d]
-        update = self.up(combined) * _valid(mask, combined)  # [B, T', D]
-        layout = self.layout(last.flatten(2)) * _valid(mask, combined)  # [B, T', D]
+        valid = _valid(mask, combined)
+        update = self.up(combined) * valid  # [B, T', D]
+        layout = self.layout(last.flatten(2)) * valid  # [B, T', D]
         return last.mean(dim=2) + layout + self.scale * update  # [B, T', D]
 
 

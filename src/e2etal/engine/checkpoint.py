@@ -25,6 +25,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from e2etal.adapters.losa import LoSAConfig
 from e2etal.data.annotations import ClassMap
 
 MODEL_FILE = "model.safetensors"
@@ -116,8 +117,8 @@ def _weights_with_past_defaults(weights: dict[str, torch.Tensor] | None, config:
     grid) comes from before it existed, which is the same as a layout read of zeros."""
     if weights is None:
         return None
-    losa = config.get("losa") if isinstance(config.get("losa"), dict) else {}
-    cells = int(losa.get("grid", 2)) ** 2
+    losa = config.get("losa")
+    cells = int((losa if isinstance(losa, dict) else {}).get("grid", LoSAConfig.grid)) ** 2
     for key in [k for k in weights if k.endswith("fusion.scale")]:
         prefix = key[: -len("scale")]
         if prefix + "layout.weight" not in weights:

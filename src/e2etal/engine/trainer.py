@@ -183,9 +183,9 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(ckpt.state["optimizer"])
         except ValueError as e:  # the model has parameters the saved optimizer never saw
-            raise ValueError(f"{ckpt.path}: its optimizer state does not fit this model ({e}); a checkpoint "
-                             f"from an older version loads for evaluation and detection but cannot be "
-                             f"resumed: start a new run from its weights") from None
+            raise ValueError(f"{ckpt.path}: its optimizer state does not fit this model ({e}); if the "
+                             f"checkpoint comes from an older version (one without LoSA's layout read), it "
+                             f"loads for evaluation and detection but cannot be resumed") from None
         self.scheduler.load_state_dict(ckpt.state["scheduler"])
         self.epoch = int(ckpt.state["epoch"])
         self.best_metric = ckpt.state["best_metric"]
