@@ -3,7 +3,11 @@
     python benchmarks/eval_speed.py [--detections 100000] [--repeats 3]
 
 Detections are the ground truth of each video jittered, plus random segments and labels,
-with random scores (seeded). Prints one JSON object, then a short table.
+with random scores (seeded). Also times, in fresh processes, the commands a user types
+against a bare `python -c pass`: `e2etal eval --help`, and `e2etal eval -g GT -p PRED` on
+the official sample prediction file (interpreter start, imports, loading both files,
+evaluation; the target is that it adds under 1 s to the bare start) and on the 10^5
+detections. Prints one JSON object, then a short table.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +27,7 @@ from e2etal import Detections, evaluate_detections, load_annotations, save_predi
 from e2etal.metrics import ACTIVITYNET_TIOU, evaluate_files
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "activitynet13" / "activitynet13.json"
+SAMPLE = SHARED.with_name("sample_detection_prediction.json")
 
 
 def make_detections(gt, n: int, seed: int = 0) -> Detections:
@@ -45,6 +53,7 @@ def make_detections(gt, n: int, seed: int = 0) -> Detections:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ground-truth", default=str(SHARED))
+    ap.add_argument("--sample-predictions", default=str(SAMPLE), help="results file for the command-line timing")
     ap.add_argument("--detections", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workdir", default="/tmp/e2etal-eval-bench")
@@ -63,6 +72,19 @@ def main() -> None:
         t0 = time.perf_counter()
         evaluate_files(args.ground_truth, pred_path, "validation", ACTIVITYNET_TIOU)
         files_s.append(time.perf_counter() - t0)
+    def command_s(argv: list[str]) -> float:
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, *argv], check=True, capture_output=True)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    bare_s = command_s(["-c", "pass"])
+    eval_cmd = ["-m", "e2etal", "eval", "-g", args.ground_truth, "--subset", "validation", "-p"]
+    cli_s = command_s(eval_cmd + [args.sample_predictions])
+    cli_large_s = command_s(eval_cmd + [str(pred_path)])
+    help_s = command_s(["-m", "e2etal", "eval", "--help"])
     out = {
         "benchmark": "eval_speed",
         "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
@@ -72,11 +94,21 @@ def main() -> None:
         "average_mAP": result.average_mAP,
         "evaluate_s_best": min(evaluate_s),
         "evaluate_files_s_best": min(files_s),
+        "python_start_s_median": bare_s,
+        "cli_eval_s_median": cli_s,
+        "cli_eval_added_s": cli_s - bare_s,
+        "cli_eval_large_added_s": cli_large_s - bare_s,
+        "cli_help_added_s": help_s - bare_s,
+        "cli_target_added_s": 1.0,
     }
     print(json.dumps(out))
     print(f"\n{'what':<40}{'seconds':>10}")
     print(f"{'evaluate_detections (in memory)':<40}{out['evaluate_s_best']:>10.3f}")
     print(f"{'evaluate_files (load both JSON + eval)':<40}{out['evaluate_files_s_best']:>10.3f}")
+    verdict = "pass" if out["cli_eval_added_s"] < out["cli_target_added_s"] else "FAIL"
+    print(f"{'e2etal eval --help (added to python start)':<44}{out['cli_help_added_s']:>6.3f}")
+    print(f"{'e2etal eval, official sample (added)':<44}{out['cli_eval_added_s']:>6.3f}  (target < 1 s: {verdict})")
+    print(f"{'e2etal eval, 10^5 detections (added)':<44}{out['cli_eval_large_added_s']:>6.3f}")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ import torch
 
 from e2etal.backbones import VisionTransformer
 from e2etal.data.video import iter_frames
-from e2etal.extract import BACKBONES, ExtractConfig, clip_features, extract_video, stream_clips
+from e2etal.backbones import BACKBONES
+from e2etal.data.streaming import stream_clips
+from e2etal.extract import ExtractConfig, extract_video
 
 
 def tiny_vit(**kwargs) -> VisionTransformer:
@@ -101,7 +103,7 @@ def backbone_fps(module: torch.nn.Module, cfg: ExtractConfig, device: torch.devi
 
     def step() -> None:
         with torch.inference_mode():
-            clip_features(module, clips)
+            module.clip_features(clips)
 
     for _ in range(2):  # warm-up: kernels, allocator
         step()

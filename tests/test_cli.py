@@ -41,3 +41,18 @@ def test_eval_errors_name_file_and_video(tmp_path, capsys):
 def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "e2etal", "eval", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--keep-duplicates" in out.stdout
+
+
+def test_eval_on_files_does_not_import_torch(shared_data):
+    gt = shared_data / "activitynet13" / "activitynet13.json"
+    pred = shared_data / "activitynet13" / "sample_detection_prediction.json"
+    code = (
+        "import sys\n"
+        "from e2etal.cli import main\n"
+        f"assert main(['eval', '-g', {str(gt)!r}, '-p', {str(pred)!r}, '--dataset', 'activitynet', '--json']) == 0\n"
+        "heavy = sorted(m for m in ('torch', 'matplotlib', 'av') if m in sys.modules)\n"
+        "print('heavy:', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("heavy: []")

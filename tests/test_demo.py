@@ -33,7 +33,7 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
     database = json.loads((out / "world" / "annotations.json").read_text())["database"]
     labels = {a["label"] for v in database.values() for a in v["annotations"]}
     assert labels <= {"move_left", "move_right", "move_up", "move_down"} and labels & {"move_up", "move_down"}
-    # another training seed on the same world, backbone and tap cache (benchmarks/demo_seeds.py --train-seeds)
+    # another training seed on the same world, backbone and tap cache (research/demo_seeds.py --train-seeds)
     again = train_method(out, DemoSettings.quick(), METHODS[1], train_seed=7, device=torch.device("cpu"),
                          progress=False, run_name="LoSA-train7")
     assert again["checkpoint"] == str(out / "runs" / "LoSA-train7" / "last") and 0.0 <= again["average_mAP"] <= 1.0
@@ -42,8 +42,7 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
 
 
 def test_mirror_flip_relabels_directional_classes():
-    from e2etal.demo import mirror_flip
-    from e2etal.synthetic import CLASS_NAMES, mirror_label_ids
+    from e2etal.synthetic import CLASS_NAMES, mirror_flip, mirror_label_ids
 
     k = CLASS_NAMES.index("spin_counterclockwise")  # a world up to spin_clockwise, without its mirror class
     mirror = torch.tensor(mirror_label_ids(k))

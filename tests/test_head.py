@@ -1,17 +1,19 @@
-"""The ActionFormer-style head: local attention, padding, shapes, gradients, decoding, and
-a tiny model that must learn one synthetic sequence."""
+"""The ActionFormer-style head: its building blocks against their reference forms, local
+attention, padding, shapes, gradients, decoding, and a tiny model that must learn one
+synthetic sequence."""
 
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from e2etal.config import from_dict
 from e2etal.geometry import pairwise_tiou
 from e2etal.heads import HeadConfig, HeadOutput, build_head, padded_length
 from e2etal.heads.targets import make_points
-from e2etal.heads.transformer import local_attention
-from e2etal.postprocess import PostprocessConfig
+from e2etal.heads.transformer import DepthwiseConv1d, local_attention, masked_max_pool, same_conv
+from e2etal.postprocess import PostprocessConfig, postprocess
 
 
 def tiny_config(**overrides) -> HeadConfig:
@@ -41,11 +43,15 @@ def dense_band_attention(q, k, v, mask, window_size):
     return torch.softmax(logits, dim=-1) @ v
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("t, window, block", [(37, 5, None), (37, 5, 4), (37, 7, 16), (12, 19, None), (64, 3, 64)])
-def test_local_attention_equals_dense_band_attention(t, window, block):
+def test_local_attention_equals_dense_band_attention(t, window, block, channels_last):
     g = torch.Generator().manual_seed(t + window)
     b, h, d = 2, 3, 8
-    q, k, v = (torch.randn(b, h, t, d, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    shape = (b, t, h, d) if channels_last else (b, h, t, d)  # the head passes [B, T, H, D] memory
+    q, k, v = (torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    if channels_last:
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
     mask = torch.ones(b, t, dtype=torch.bool)
     mask[0, t - 9 :] = False  # trailing padding
     mask[1, 3] = mask[1, 4] = False  # holes: padded keys inside the sequence
@@ -59,6 +65,45 @@ def test_local_attention_equals_dense_band_attention(t, window, block):
     grads_want = torch.autograd.grad((want * weight).sum(), (q, k, v))
     for a, w in zip(grads_got, grads_want):
         assert torch.allclose(a, w, atol=1e-10)
+
+
+@pytest.mark.parametrize("t, kernel_size, bias", [(9, 3, True), (9, 1, False), (9, 5, True), (2, 5, False)])
+def test_same_conv_equals_conv1d(t, kernel_size, bias):
+    g = torch.Generator().manual_seed(t + kernel_size)
+    x = torch.randn(2, 6, t, generator=g, dtype=torch.float64, requires_grad=True)  # channels-first
+    w = torch.randn(5, 6, kernel_size, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    got = same_conv(x.transpose(1, 2), w, b)  # read as a transposed view, [B, T, 5]
+    want = F.conv1d(x, w, b, padding=kernel_size // 2).transpose(1, 2)
+    assert torch.allclose(got, want, atol=1e-12)
+    weight = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    inputs = (x, w) if b is None else (x, w, b)
+    for a, e in zip(torch.autograd.grad((got * weight).sum(), inputs), torch.autograd.grad((want * weight).sum(), inputs)):
+        assert torch.allclose(a, e, atol=1e-12)
+
+
+@pytest.mark.parametrize("t, stride", [(9, 1), (9, 2), (8, 2)])
+def test_depthwise_conv_and_max_pool_equal_their_channels_first_forms(t, stride):
+    torch.manual_seed(t + stride)
+    conv = DepthwiseConv1d(6, stride).double()
+    x = torch.randn(2, t, 6, dtype=torch.float64)  # [B, T, C]
+    want = F.conv1d(x.transpose(1, 2), conv.conv.weight, stride=stride, padding=1, groups=6).transpose(1, 2)
+    assert torch.allclose(conv(x), want, atol=1e-12)
+    mask = torch.ones(2, t, dtype=torch.bool)
+    mask[0, t - 3 :] = False
+    mask[1, 1] = False
+    pooled = masked_max_pool(x, mask, stride)  # [B, ceil(T / stride), C]
+    for b in range(2):
+        for i, centre in enumerate(range(0, t, stride)):
+            window = [j for j in (centre - 1, centre, centre + 1) if 0 <= j < t and mask[b, j]]
+            expected = x[b, window].max(dim=0).values if mask[b, centre] else torch.zeros(6, dtype=torch.float64)
+            assert torch.equal(pooled[b, i], expected), (b, i)
+
+
+def test_parameter_count_equals_actionformers():
+    """ActionFormer's LocPointTransformer at configs/thumos_i3d.yaml has 29,251,612
+    parameters; HeadConfig() is that setting, so the head must have as many."""
+    assert sum(p.numel() for p in build_head(HeadConfig()).parameters()) == 29_251_612
 
 
 def test_config_defaults_and_validation():
@@ -111,8 +156,9 @@ def test_padding_does_not_change_valid_outputs():
     model = build_head(cfg).eval()
     x = torch.randn(1, 16, 37)
     alone = model(x, torch.ones(1, 37, dtype=torch.bool))
-    # Garbage (not zeros) in the padding, and a second video in the batch.
+    # Garbage (not zeros, not even finite) in the padding, and a second video in the batch.
     padded = torch.cat([x, 100 * torch.randn(1, 16, 27)], dim=2)
+    padded[0, 3, 40], padded[0, 5, 60] = float("nan"), float("inf")
     other = torch.randn(1, 16, 64)
     mask = torch.zeros(2, 64, dtype=torch.bool)
     mask[0, :37] = True
@@ -127,8 +173,31 @@ def test_padding_does_not_change_valid_outputs():
         assert not batched.masks[level][0, n:].any()
 
 
+@pytest.mark.parametrize("head_kernel_size", [3, 5])
+def test_towers_see_all_levels_at_once_as_each_level_alone(head_kernel_size):
+    """The towers run every level of every video as one sequence with padded gaps between
+    them; each level's outputs must be what the towers give on that level alone."""
+    cfg = tiny_config(head_kernel_size=head_kernel_size)
+    torch.manual_seed(0)
+    model = build_head(cfg).eval()
+    torch.nn.init.normal_(model.reg_tower.out.conv.weight)  # not the all-equal initial offsets
+    for level, scale in enumerate(model.reg_scales):
+        scale.scale.data.fill_(level + 2.0)
+    x = torch.randn(2, 16, 64)
+    mask = torch.ones(2, 64, dtype=torch.bool)
+    mask[1, 40:] = False
+    with torch.no_grad():
+        out = model(x, mask)
+        feats, masks = model.encoder(x, mask)
+        for level, (f, m) in enumerate(zip(feats, masks)):
+            f = torch.where(m[:, :, None], f, 0.0)
+            assert torch.allclose(out.cls_logits[level], model.cls_tower(f, m), atol=1e-5)
+            offsets = F.relu(model.reg_tower(f, m) * model.reg_scales[level].scale)
+            assert torch.allclose(out.offsets[level], offsets, atol=1e-5)
+
+
 def test_backward_gives_finite_gradients_everywhere():
-    cfg = tiny_config()  # drop path 0.1 and dropout active
+    cfg = tiny_config(dropout=0.1)  # drop path (0.1 by default) and dropout active
     torch.manual_seed(0)
     model = build_head(cfg).train()
     x = torch.randn(2, 16, 64)
@@ -146,6 +215,22 @@ def test_backward_gives_finite_gradients_everywhere():
     for name, param in model.named_parameters():
         assert param.grad is not None, name
         assert torch.isfinite(param.grad).all(), name
+
+
+def test_forward_and_backward_under_autocast():
+    """The convolutions run as in-place matrix products, which autocast leaves alone; they
+    must follow the autocast dtype themselves (the trainer uses bfloat16 autocast)."""
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model = build_head(cfg).train()
+    mask = torch.ones(2, 64, dtype=torch.bool)
+    mask[1, 40:] = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 16, 64), mask)
+        loss = model.loss(out, [torch.tensor([[5.0, 12.0]]), torch.tensor([[20.0, 30.0]])], [torch.tensor([0]), torch.tensor([1])])
+    assert out.cls_logits[0].dtype == torch.bfloat16
+    loss["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_loss_normaliser_is_an_ema_buffer():
@@ -193,8 +278,8 @@ def test_regression_starts_at_one_stride_with_a_gradient_on_both_sides():
         assert (weight_grad.abs().sum(dim=(1, 2)) > 0).all(), seed
 
 
-def test_predict_decodes_to_feature_steps_by_descending_score():
-    cfg = tiny_config(postprocess=PostprocessConfig(voting_iou=None))
+def test_decode_gives_candidates_in_feature_steps_per_level_best_first():
+    cfg = tiny_config()
     model = build_head(cfg)
     lengths = [64, 32, 16]
     points = list(make_points(lengths, cfg.strides, cfg.regression_ranges).split(lengths))
@@ -205,39 +290,40 @@ def test_predict_decodes_to_feature_steps_by_descending_score():
     offsets[1][0, 10] = torch.tensor([3.0, 2.0])  # -> (20 - 6, 20 + 4)
     logits[0][0, 40, 0] = 0.0  # stride 1, position 40, class 0
     offsets[0][0, 40] = torch.tensor([1.0, 1.5])  # -> (39, 41.5)
-    logits[2][0, 15, 0] = 5.0  # stride 4, position 60, but padding: never a detection
+    logits[0][0, 41, 0] = 1.0  # overlaps the one above: decoding suppresses nothing
+    offsets[0][0, 41] = torch.tensor([1.0, 1.0])  # -> (40, 42)
+    logits[0][0, 50, 1] = 3.0  # shorter than min_segment_length: dropped
+    offsets[0][0, 50] = torch.tensor([0.01, 0.01])
+    logits[2][0, 15, 0] = 5.0  # stride 4, position 60, but padding: never a candidate
     masks[2][0, 15] = False
     out = HeadOutput(cls_logits=logits, offsets=offsets, masks=masks, points=points)
 
-    [(segments, scores, labels)] = model.predict(out)
-    assert segments.tolist() == [[14.0, 24.0], [39.0, 41.5]]
-    assert scores.tolist() == pytest.approx([torch.sigmoid(torch.tensor(2.0)).item(), 0.5])
-    assert labels.tolist() == [1, 0]
-    # Clipped to the video's length, in the same feature steps.
-    [(segments, _, _)] = model.predict(out, durations_feat=[40.0])
-    assert segments.tolist() == [[14.0, 24.0], [39.0, 40.0]]
+    [(segments, scores, labels)] = model.decode(out)
+    # Level by level (finest first), best first within a level; nothing suppressed or clipped.
+    assert segments.tolist() == [[40.0, 42.0], [39.0, 41.5], [14.0, 24.0]]
+    assert scores.tolist() == pytest.approx(torch.sigmoid(torch.tensor([1.0, 0.0, 2.0])).tolist())
+    assert labels.tolist() == [0, 0, 1]
 
 
-def test_predict_on_model_outputs_is_sorted():
-    cfg = tiny_config()
+def test_decode_keeps_pre_nms_topk_per_level_above_the_threshold():
+    cfg = tiny_config(pre_nms_topk=3, pre_nms_threshold=0.5)
     torch.manual_seed(0)
     model = build_head(cfg).eval()
-    mask = torch.ones(2, 64, dtype=torch.bool)
-    mask[1, 30:] = False
-    results = model.predict(model(torch.randn(2, 16, 64), mask), durations_feat=[64.0, 30.0])
-    assert len(results) == 2
-    for (segments, scores, labels), duration in zip(results, (64.0, 30.0)):
-        assert segments.shape[1] == 2 and scores.shape == labels.shape == segments.shape[:1]
-        assert segments.shape[0] > 0
-        assert torch.all(scores[:-1] >= scores[1:])
-        assert segments.min() >= 0 and segments.max() <= duration
-        assert torch.all(segments[:, 1] > segments[:, 0])
+    out = model(torch.randn(1, 16, 64), torch.ones(1, 64, dtype=torch.bool))
+    out.cls_logits = [3 * torch.randn_like(logits) for logits in out.cls_logits]  # half of them above 0.5
+    [(segments, scores, labels)] = model.decode(out)
+    assert len(scores) == 3 * cfg.num_levels
+    assert bool((scores > 0.5).all())
+    level0 = torch.sigmoid(out.cls_logits[0][0]).flatten()
+    assert scores[:3].tolist() == pytest.approx(level0.sort(descending=True).values[:3].tolist())
+    assert torch.all(segments[:, 1] - segments[:, 0] > cfg.min_segment_length)
 
 
 def recovered(model, x, mask, gt_segments, gt_labels) -> bool:
     """Whether each ground truth's class has its top detection at tIoU > 0.5 with it."""
     model.eval()
-    [(segments, scores, labels)] = model.predict(model(x, mask), durations_feat=[float(x.shape[2])])
+    [candidates] = model.decode(model(x, mask))
+    segments, scores, labels = postprocess(*candidates, model.cfg.postprocess, duration_s=float(x.shape[2]))
     for gt, label in zip(gt_segments, gt_labels):
         mine = segments[labels == label]  # sorted: the first is the class's best
         if len(mine) == 0 or pairwise_tiou(mine[:1], gt[None]).item() <= 0.5:

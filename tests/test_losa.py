@@ -6,6 +6,7 @@ from torch import nn
 
 from e2etal.adapters import (
     FrozenBackbone,
+    FrozenPassConfig,
     LoSAAdapters,
     LoSAConfig,
     LongRangeAdapter,
@@ -138,11 +139,10 @@ def test_frozen_backbone_stays_frozen_and_in_eval_mode():
 def build(depth: int = 4, taps=(2, 4), long_mode: str = "attention", seed: int = 0, backbone: str = "vit"):
     """Frozen backbone and adapters; for "tsm" a TSM-ResNet18 with its default taps, stages (2, 3, 4)."""
     module = tiny_vit(depth, seed) if backbone == "vit" else tiny_tsm(seed)
-    cfg = LoSAConfig(taps=taps if backbone == "vit" else None, grid=GRID, reduction=4, short_window=2, num_heads=4,
-                     long_mode=long_mode, dilations=(1, 2))
-    frozen = FrozenBackbone(module, taps=cfg.taps, grid=cfg.grid, micro_batch=2)
+    cfg = LoSAConfig(reduction=4, short_window=2, num_heads=4, long_mode=long_mode, dilations=(1, 2))
+    frozen = FrozenBackbone(module, taps=taps if backbone == "vit" else None, grid=GRID, micro_batch=2)
     torch.manual_seed(seed + 100)
-    adapters = LoSAAdapters(frozen.width, len(frozen.taps), cfg, frozen.tap_widths)
+    adapters = LoSAAdapters(frozen.width, len(frozen.taps), cfg, frozen.tap_widths, grid=GRID)
     return frozen, adapters
 
 
@@ -191,8 +191,8 @@ def test_layout_read_sees_where_things_are_and_trains_from_the_first_step():
     spatial mean (head-only transfer cannot tell them apart); at initialisation LoSA returns
     that mean for both, the layout read gets a gradient from the first backward pass, and
     once it has moved the two positions differ."""
-    cfg = LoSAConfig(grid=GRID, reduction=2)
-    adapters = LoSAAdapters(D, 2, cfg)
+    cfg = LoSAConfig(reduction=2)
+    adapters = LoSAAdapters(D, 2, cfg, grid=GRID)
     g = torch.Generator().manual_seed(4)
     tapped = torch.randn(1, 6, 2, GRID * GRID, D, generator=g)
     last = torch.randn(1, 6, GRID * GRID, D, generator=g)
@@ -249,9 +249,9 @@ def _masked_pair(T: int = 11, valid: int = 7, seed: int = 5):
 
 @pytest.mark.parametrize("long_mode", ["attention", "dilated"])
 def test_masked_positions_do_not_influence_valid_outputs(long_mode):
-    cfg = LoSAConfig(grid=GRID, reduction=2, short_window=2, long_mode=long_mode, dilations=(1, 2))
+    cfg = LoSAConfig(reduction=2, short_window=2, long_mode=long_mode, dilations=(1, 2))
     torch.manual_seed(0)
-    short, long = ShortRangeAdapter(D, cfg).eval(), LongRangeAdapter(D, cfg).eval()
+    short, long = ShortRangeAdapter(D, cfg, grid=GRID).eval(), LongRangeAdapter(D, cfg).eval()
     a, b, mask, valid = _masked_pair()
     with torch.no_grad():
         for adapter, fa, fb, ft in (
@@ -278,8 +278,8 @@ def test_fully_padded_sequence_stays_finite():
 
 
 def test_dilated_mode_runs_and_covers_the_dilation_stack():
-    cfg = LoSAConfig(grid=1, reduction=2, long_mode="dilated", long_layers=2, dilations=(1, 2, 4))
-    adapters = LoSAAdapters(D, 3, cfg)
+    cfg = LoSAConfig(reduction=2, long_mode="dilated", long_layers=2, dilations=(1, 2, 4))
+    adapters = LoSAAdapters(D, 3, cfg, grid=1)
     assert len(adapters.long[0].layers) == 6
     with torch.no_grad():
         adapters.fusion.scale.fill_(1.0)
@@ -294,10 +294,10 @@ def test_short_range_conv_spans_the_neighbourhood_by_default(kernel, reaches):
     # The conv is the short-range adapter's only operator that can subtract one token from
     # another (motion); by default its temporal kernel covers the whole +-w neighbourhood.
     w = 3
-    cfg = LoSAConfig(grid=GRID, reduction=2, short_window=w, short_conv_kernel=kernel)
+    cfg = LoSAConfig(reduction=2, short_window=w, short_conv_kernel=kernel)
     assert cfg.conv_kernel == (2 * w + 1 if kernel is None else kernel)
     torch.manual_seed(0)
-    short = ShortRangeAdapter(D, cfg).eval()
+    short = ShortRangeAdapter(D, cfg, grid=GRID).eval()
     assert short.conv.kernel_size == (cfg.conv_kernel, 3, 3)
     with torch.no_grad():
         short.proj.weight.zero_()  # silence the attention: what is left is the conv path
@@ -311,14 +311,17 @@ def test_short_range_conv_spans_the_neighbourhood_by_default(kernel, reaches):
 
 
 def test_config_validation_and_parameter_count():
-    assert LoSAConfig(taps=[24, 40], dilations=[1, 3]).taps == (24, 40)
+    assert LoSAConfig(dilations=[1, 3]).dilations == (1, 3)
+    assert FrozenPassConfig(taps=[24, 40]).taps == (24, 40)
     with torch.device("meta"):
-        assert FrozenBackbone(vit_giant(), taps=LoSAConfig().taps).taps == (24, 28, 32, 36, 40)
-    for bad in ({"long_mode": "lstm"}, {"grid": 0}, {"taps": ()}, {"taps": (3, 3)}, {"dropout": 1.0},
-                {"dilations": (0,)}, {"long_layers": 0}, {"short_window": -1}, {"short_conv_kernel": 4},
-                {"short_conv_kernel": 0}):
+        assert FrozenBackbone(vit_giant(), taps=FrozenPassConfig().taps).taps == (24, 28, 32, 36, 40)
+    for bad in ({"long_mode": "lstm"}, {"dropout": 1.0}, {"dilations": (0,)}, {"long_layers": 0},
+                {"short_window": -1}, {"short_conv_kernel": 4}, {"short_conv_kernel": 0}):
         with pytest.raises(ValueError):
             LoSAConfig(**bad)
+    for bad in ({"grid": 0}, {"taps": ()}, {"taps": (3, 3)}, {"micro_batch": 0}, {"dtype": "fp16"}):
+        with pytest.raises(ValueError):
+            FrozenPassConfig(**bad)
     with pytest.raises(ValueError, match="num_heads"):
         LoSAAdapters(64, 1, LoSAConfig(reduction=4, num_heads=5))
     with pytest.raises(ValueError, match="name 2 taps; expected 3"):
@@ -346,7 +349,7 @@ def test_frozen_taps_of_a_tsm_resnet_are_its_pooled_stages_zero_padded():
     assert last.shape == (N_CLIPS * FRAMES, GRID * GRID, 512)
     with torch.no_grad():
         for n in range(N_CLIPS):
-            tokens, stages = tsm.forward_tokens(x[n:n + 1], taps=taps)  # [1, F, h, w, 512]
+            tokens, stages = tsm.forward_taps(x[n:n + 1], taps=taps)  # [1, F, h, w, 512]
             rows = slice(n * FRAMES, (n + 1) * FRAMES)
             for i, (stage, width) in enumerate(zip(taps, (512, 128, 256))):
                 torch.testing.assert_close(tapped[rows, i, :, :width], pool_tokens(stages[stage], GRID)[0])
@@ -372,10 +375,10 @@ def test_frozen_tsm_resnet_defaults_widths_and_eval_mode():
 
 
 def test_padded_channels_of_narrow_taps_have_no_influence():
-    cfg = LoSAConfig(grid=GRID, reduction=4, short_window=2, num_heads=4)
+    cfg = LoSAConfig(reduction=4, short_window=2, num_heads=4)
     widths = (16, 32, D)
     torch.manual_seed(0)
-    adapters = LoSAAdapters(D, len(widths), cfg, widths).eval()
+    adapters = LoSAAdapters(D, len(widths), cfg, widths, grid=GRID).eval()
     with torch.no_grad():
         adapters.fusion.scale.normal_()
         adapters.fusion.tap_logits.normal_()

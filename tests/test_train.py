@@ -63,7 +63,7 @@ def test_checkpoint_layout_and_cli(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(ckpt), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["tiou"]) == 5 and 0 <= out["average_mAP"] <= 1
-    written = json.loads((tmp_path / "run" / "predictions_validation.json").read_text())
+    written = json.loads((tmp_path / "run" / f"predictions_{ckpt.name}_validation.json").read_text())
     assert set(written) == {"version", "results", "external_data"}
 
     npy = feats / "video_004.npy"

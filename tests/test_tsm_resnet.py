@@ -154,7 +154,7 @@ def test_tapped_forward_gives_each_stage_as_tokens_as_soon_as_it_is_done():
         return tokens.clone()
 
     with torch.no_grad():
-        tokens, tapped = model.forward_tokens(x, taps=(3, 1, 4), tap_fn=tap_fn)
+        tokens, tapped = model.forward_taps(x, taps=(3, 1, 4), tap_fn=tap_fn)
         assert events == [("stage", 1), ("tap", 64), ("stage", 2), ("stage", 3), ("tap", 256), ("stage", 4),
                           ("tap", 512)]
         plain = model(x)
@@ -165,4 +165,4 @@ def test_tapped_forward_gives_each_stage_as_tokens_as_soon_as_it_is_done():
         expect = stage_maps[stage].view(2, 4, width, side, side).permute(0, 1, 3, 4, 2)  # [B, T, h, w, C]
         assert torch.equal(tapped[stage], expect), stage
     with pytest.raises(ValueError, match=r"tap stages \[0, 5\] out of range"):
-        model.forward_tokens(x, taps=(0, 5))
+        model.forward_taps(x, taps=(0, 5))

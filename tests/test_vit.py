@@ -140,7 +140,7 @@ def test_forward_matches_reference(state, video):
     model = loaded(state)
     with torch.no_grad():
         last, taps = model(video, taps=(1, 2, 3))
-        feat = model.extract_features(video)
+        feat = model.clip_features(video)
     layers, ref_feat = reference(state, video)
     B, (t, h, w) = video.shape[0], GRID
     assert last.shape == (B, t, h, w, D) and last.dtype == torch.float32
@@ -219,7 +219,7 @@ def test_other_frame_counts_and_resolutions(state):
     pos = position_table((3, 6, 4), GRID, D)
     layers, _ = reference(state, x, pos=pos)
     torch.testing.assert_close(last.double().view(1, -1, D), layers[-1], atol=1e-5, rtol=1e-5)
-    assert model.extract_features(torch.randn(2, 3, 2, 16, 16)).shape == (2, D)
+    assert model.clip_features(torch.randn(2, 3, 2, 16, 16)).shape == (2, D)
     with pytest.raises(ValueError, match="tubelets"):
         model(torch.randn(1, 3, 5, 32, 32))
 
@@ -240,8 +240,8 @@ def test_grad_checkpointing_same_gradients(state, video):
 def test_bf16_autocast(state, video):
     model = loaded(state)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        feat = model.extract_features(video)
-    ref = model.extract_features(video)
+        feat = model.clip_features(video)
+    ref = model.clip_features(video)
     assert torch.isfinite(feat).all()
     assert (feat.float() - ref).abs().max() < 0.1
 
@@ -310,7 +310,7 @@ def test_vit_from_checkpoint_infers_size(tmp_path, state, video):
     assert size == (D, DEPTH, P, TUB, MLP)
     assert model.head is None
     with torch.no_grad():
-        feat = model.extract_features(video)
+        feat = model.clip_features(video)
     torch.testing.assert_close(feat.double(), reference(state, video)[1], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="num_heads"):
         vit_from_checkpoint(path)

@@ -41,9 +41,9 @@ def tiny_video_overrides(gt, videos, out_dir, method="losa", epochs=2):
     return [
         f"method={method}", f"video.annotations={gt}", f"video.video_dir={videos}", f"out_dir={out_dir}",
         f"video.fps={FPS}", "video.size=32", "video.clip_frames=4", "video.window_frames=48",
-        "backbone.name=vit-s", "backbone.micro_batch=4",
+        "backbone.name=vit-s", "frozen.micro_batch=4",
         "backbone.kwargs={img_size: 32, patch_size: 16, num_frames: 4, embed_dim: 64, depth: 4, num_heads: 4}",
-        "losa.taps=[2, 4]", "losa.num_heads=2", "losa.short_window=2",
+        "frozen.taps=[2, 4]", "losa.num_heads=2", "losa.short_window=2",
         "model.input_dim=64", "model.num_classes=2", "model.embed_dim=32", "model.head_dim=32",
         "model.num_heads=2", "model.window_size=5", "model.branch_layers=2",
         "model.regression_ranges=[[0,4],[4,8],[8,10000]]", "model.max_seq_len=24",
@@ -54,9 +54,9 @@ def tiny_video_overrides(gt, videos, out_dir, method="losa", epochs=2):
 
 
 # Appended to `tiny_video_overrides`: the same runs on a TSM-ResNet18 (width 512, stages
-# 2, 3, 4 tapped by default, one temporal position per frame: 48 per window).
+# 2, 3, 4 tapped by default, one temporal position per frame: 48 per window), normalised
+# with the ImageNet mean/std the backbone says it was trained with.
 TSM_R18_OVERRIDES = [
-    "backbone.name=tsm-r18", "backbone.kwargs={}", "losa.taps=null",
-    "video.mean=[0.485, 0.456, 0.406]", "video.std=[0.229, 0.224, 0.225]",
+    "backbone.name=tsm-r18", "backbone.kwargs={}", "frozen.taps=null",
     "model.input_dim=512", "model.max_seq_len=48",
 ]

@@ -13,8 +13,8 @@ Stages (each timed, every figure written to `report.json`):
 4. detect: the best method's checkpoint runs on a held-out video file; a timeline PNG
    shows ground truth beside its detections.
 
-A method is a name and config overrides (`DemoMethod`), so more methods slot into the
-table by adding an entry.
+A method is a name and the experiment method it runs (`DemoMethod`), so more methods slot
+into the table by adding an entry.
 """
 
 from __future__ import annotations
@@ -26,31 +26,32 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from e2etal import io
-from e2etal.backbones.vit import VisionTransformer
-from e2etal.config import load_config
+from e2etal.adapters.frozen import FrozenPassConfig
+from e2etal.adapters.losa import LoSAConfig
+from e2etal.backbones.factory import BACKBONES, BackboneConfig
+from e2etal.backbones.layout import TapLayout
 from e2etal.data.annotations import load_annotations
-from e2etal.data.video import normalize_clip
-from e2etal.engine.trainer import resolve_device
-from e2etal.experiment import ExperimentConfig, detect_video, evaluate_checkpoint, train
+from e2etal.data.windows import VideoDataConfig
+from e2etal.engine.trainer import TrainConfig, resolve_device
+from e2etal.experiment import EvalConfig, ExperimentConfig, detect_video, evaluate_checkpoint, train
+from e2etal.heads import HeadConfig
 from e2etal.plot import plot_timeline
-from e2etal.synthetic import WorldConfig, make_trimmed_clips, make_world, mirror_label_ids
+from e2etal.synthetic import WorldConfig, fit_clip_classifier, make_world
 
 BACKBONE_FILE = "backbone/tiny_vit_pretrained.pth"  # the pretrained backbone, relative to a demo's output
 
 
 @dataclass(frozen=True)
 class DemoMethod:
-    name: str
-    overrides: tuple[str, ...]
+    name: str  # in the report and the table
+    method: str  # ExperimentConfig.method
 
 
 METHODS = (
-    DemoMethod("head-only", ("method=frozen",)),
-    DemoMethod("LoSA", ("method=losa",)),
+    DemoMethod("head-only", "head_only"),
+    DemoMethod("LoSA", "losa"),
 )
 
 
@@ -62,8 +63,7 @@ class DemoSettings:
     # method's average mAP by ~5 points, more than the gap the demo measures. 48 training
     # videos for 30 epochs cost what 24 for 60 did and gave both methods ~7 points more.
     world: WorldConfig = field(default_factory=lambda: WorldConfig(train_videos=48, val_videos=24))
-    vit: tuple[tuple[str, int], ...] = (("embed_dim", 96), ("depth", 6), ("num_heads", 4), ("patch_size", 16),
-                                        ("tubelet_size", 2))
+    backbone: str = "vit-tiny"  # a preset of e2etal.backbones.BACKBONES, built at the world's size
     # Pretraining classifies clips of the world's first `pretrain_classes` classes only
     # (None: all of them). Like Kinetics before THUMOS-14, the pretraining task then differs
     # from the TAL task: by default it has the horizontal glides, and TAL also asks for the
@@ -71,19 +71,18 @@ class DemoSettings:
     pretrain_classes: int | None = 2
     pretrain_clips: int = 1200
     # Training sits at chance for some epochs before it learns; with 8 epochs seed 2 never
-    # left chance (held out 0.50), with 12 every seed 0-2 reaches 0.98-1.00 (RESULTS.md).
+    # left chance (held out 0.50), with 12 every seed 0-2 reaches 0.98-1.00 (research/README.md).
     pretrain_epochs: int = 12
     pretrain_lr: float = 3e-3
     # Pixel normalisation of the backbone, in pretraining and in TAL alike. The small std
     # amplifies this low-contrast world's pixels against the ViT's fixed position table;
-    # on the default pretraining task 0.225 learns as well (benchmarks/RESULTS.md).
+    # on the default pretraining task 0.225 learns as well (research/README.md).
     pixel_mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
     pixel_std: tuple[float, float, float] = (0.06, 0.06, 0.06)
     epochs: int = 30
     window_frames: int = 256
     # Temporal kernel of LoSA's short-range conv: the +-4 positions its attention reads
-    # (LoSAConfig's default). Kernel 3 (session 4) and 17 (session 6, one seed) scored
-    # lower (benchmarks/RESULTS.md).
+    # (LoSAConfig's default); kernels 3 and 17 scored lower (research/README.md).
     short_conv_kernel: int = 9
 
     def __post_init__(self) -> None:
@@ -98,10 +97,20 @@ class DemoSettings:
             return self.world
         return replace(self.world, num_classes=self.pretrain_classes)
 
+    def build_backbone(self, num_classes: int = 0) -> torch.nn.Module:
+        """The demo's ViT at the world's frame size and clip length (random weights)."""
+        world = self.world
+        return BACKBONES[self.backbone](img_size=world.height, num_frames=world.clip_frames, num_classes=num_classes)
+
+    @property
+    def backbone_layout(self) -> TapLayout:
+        with torch.device("meta"):  # shapes only: no weights drawn, the RNG untouched
+            return self.build_backbone().tap_layout()
+
     @property
     def losa_taps(self) -> tuple[int, ...]:
         """The ViT blocks LoSA reads (and the tap cache holds): a third, two thirds, the last."""
-        depth = dict(self.vit)["depth"]
+        depth = self.backbone_layout.depth
         return (depth // 3, 2 * depth // 3, depth)
 
     @classmethod
@@ -116,8 +125,7 @@ def pretrain_backbone(settings: DemoSettings, out_path: Path, seed: int, device:
     classification head). Returns its accuracy."""
     world = settings.pretrain_world
     torch.manual_seed(seed)
-    vit = VisionTransformer(img_size=world.height, num_frames=world.clip_frames, num_classes=world.num_classes,
-                            **dict(settings.vit)).to(device)
+    vit = settings.build_backbone(num_classes=world.num_classes).to(device)
     result = fit_clip_classifier(vit, vit.classify, world, settings.pretrain_clips, settings.pretrain_epochs,
                                  seed, device, progress, lr=settings.pretrain_lr,
                                  pixel_mean=settings.pixel_mean, pixel_std=settings.pixel_std)
@@ -126,86 +134,37 @@ def pretrain_backbone(settings: DemoSettings, out_path: Path, seed: int, device:
     return {**result, "classes": list(world.class_names)}
 
 
-def fit_clip_classifier(model: torch.nn.Module, classify, world: WorldConfig, num_clips: int, epochs: int,
-                        seed: int, device: torch.device, progress: bool = True, *, lr: float,
-                        pixel_mean: Sequence[float], pixel_std: Sequence[float]) -> dict:
-    """Train `model` (`classify`: clips normalised by `pixel_mean`/`pixel_std`, `[B, 3, T, H, W]`
-    -> logits) on `num_clips` trimmed clips of `world` for `epochs` (AdamW, one-cycle to `lr`,
-    batch 16, mirror flips).
-
-    Returns `clip_accuracy` on held-out clips (a fifth as many, at least 60) and
-    `train_accuracy` on (up to 240 of) the training clips, which tells memorising from
-    learning the world."""
-    clips, labels = make_trimmed_clips(world, num_clips, seed=seed + 1000)
-    val_clips, val_labels = make_trimmed_clips(world, max(60, num_clips // 5), seed=seed + 2000)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    batch = 16
-    steps = epochs * (len(clips) // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.15)
-
-    def prepare(x: torch.Tensor) -> torch.Tensor:  # uint8 [B, T, H, W, 3] -> [B, 3, T, H, W]
-        return normalize_clip(x, pixel_mean, pixel_std).transpose(1, 2).to(device)
-
-    @torch.no_grad()
-    def accuracy(x: torch.Tensor, y: torch.Tensor) -> float:
-        model.eval()
-        pred = torch.cat([classify(prepare(x[i : i + 32])).argmax(1).cpu() for i in range(0, len(x), 32)])
-        return float((pred == y).float().mean())
-
-    bar = tqdm(total=steps, desc="pretrain", unit="step", disable=not progress)
-    gen = torch.Generator().manual_seed(seed)
-    mirror = torch.tensor(mirror_label_ids(world.num_classes))
-    for _ in range(epochs):
-        model.train()
-        order = torch.randperm(len(clips), generator=gen)
-        for i in range(0, len(order) - batch + 1, batch):
-            idx = order[i : i + batch]
-            x, y = mirror_flip(clips[idx], labels[idx], mirror, gen)
-            loss = F.cross_entropy(classify(prepare(x)), y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
-    return {"clip_accuracy": accuracy(val_clips, val_labels), "train_accuracy": accuracy(clips[:240], labels[:240]),
-            "clips": len(clips), "epochs": epochs}
-
-
-def mirror_flip(clips: torch.Tensor, labels: torch.Tensor, mirror: torch.Tensor,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-right flip each clip `[B, T, H, W, 3]` with probability 1/2, relabelled as its mirror
-    class (`mirror[label]`, see `mirror_label_ids`): a flipped move_left clip is a move_right
-    clip. A clip whose mirror class is not in the world (-1) is never flipped."""
-    flip = (torch.rand(len(labels), generator=generator) < 0.5) & (mirror[labels] >= 0)
-    clips = torch.where(flip[:, None, None, None, None], clips.flip(-2), clips)
-    return clips, torch.where(flip, mirror[labels], labels)
-
-
-def method_overrides(settings: DemoSettings, world_dir: Path, backbone: Path, cache: Path, seed: int) -> list[str]:
-    """The config every demo method shares: the world's videos, the pretrained backbone,
-    a small head, the tap cache."""
+def experiment(settings: DemoSettings, method: DemoMethod, out: Path, run_dir: Path, seed: int,
+               device: torch.device, progress: bool) -> ExperimentConfig:
+    """The config of one demo run: the world's videos, the pretrained backbone, the tap
+    cache every method shares, a small head."""
     w = settings.world
-    vit = dict(settings.vit)
-    positions = settings.window_frames // vit["tubelet_size"]  # temporal positions of a window
-    kwargs = "{" + ", ".join(f"{k}: {v}" for k, v in {**vit, "img_size": w.height, "num_frames": w.clip_frames}.items()) + "}"
-    return [
-        f"video.annotations={world_dir / 'annotations.json'}", f"video.video_dir={world_dir / 'videos'}",
-        f"video.fps={float(w.fps)}", f"video.size={w.height}", f"video.clip_frames={w.clip_frames}",
-        f"video.window_frames={settings.window_frames}", "video.augment=false", f"video.tap_cache={cache}",
-        f"video.mean={list(settings.pixel_mean)}", f"video.std={list(settings.pixel_std)}",
-        "backbone.name=vit-s", f"backbone.checkpoint={backbone}", f"backbone.kwargs={kwargs}", "backbone.micro_batch=16",
-        f"losa.taps={list(settings.losa_taps)}", "losa.num_heads=4", "losa.reduction=2", "losa.short_window=4",
-        f"losa.short_conv_kernel={settings.short_conv_kernel}",
-        f"model.input_dim={vit['embed_dim']}", f"model.num_classes={w.num_classes}",
-        "model.embed_dim=128", "model.head_dim=128", "model.num_heads=4", "model.window_size=9",
-        "model.branch_layers=4", "model.regression_ranges=[[0,4],[4,8],[8,16],[16,32],[32,10000]]",
-        f"model.max_seq_len={positions}", "model.drop_path=0.1", "model.dropout=0.1",
-        f"train.epochs={settings.epochs}", f"train.warmup_epochs={min(3, settings.epochs)}", "train.batch_size=2",
-        "train.lr=0.001", "train.ema_decay=0.99", f"train.seed={seed}", "train.eval_every=0", "train.tensorboard=false",
-        "eval.tiou=[0.3, 0.4, 0.5, 0.6, 0.7]",
-    ]
+    layout = settings.backbone_layout
+    positions = settings.window_frames // layout.frames_per_position  # temporal positions of a window
+    return ExperimentConfig(
+        name=run_dir.name,
+        out_dir=str(run_dir),
+        method=method.method,
+        video=VideoDataConfig(
+            annotations=str(out / "world" / "annotations.json"), video_dir=str(out / "world" / "videos"),
+            fps=float(w.fps), size=w.height, clip_frames=w.clip_frames, window_frames=settings.window_frames,
+            augment=False, tap_cache=str(out / "tap_cache"), mean=settings.pixel_mean, std=settings.pixel_std,
+        ),
+        backbone=BackboneConfig(name=settings.backbone, checkpoint=str(out / BACKBONE_FILE),
+                                kwargs={"img_size": w.height, "num_frames": w.clip_frames}),
+        frozen=FrozenPassConfig(taps=settings.losa_taps, micro_batch=16),
+        losa=LoSAConfig(num_heads=4, reduction=2, short_window=4, short_conv_kernel=settings.short_conv_kernel),
+        model=HeadConfig(
+            input_dim=layout.width, num_classes=w.num_classes, embed_dim=128, head_dim=128, num_heads=4, window_size=9,
+            branch_layers=4, regression_ranges=((0, 4), (4, 8), (8, 16), (16, 32), (32, 10000)),
+            max_seq_len=positions, drop_path=0.1, dropout=0.1,
+        ),
+        train=TrainConfig(
+            epochs=settings.epochs, warmup_epochs=min(3, settings.epochs), batch_size=2, lr=0.001, ema_decay=0.99,
+            seed=seed, eval_every=0, tensorboard=False, device=str(device), progress=progress,
+        ),
+        eval=EvalConfig(tiou=(0.3, 0.4, 0.5, 0.6, 0.7)),
+    )
 
 
 def train_method(out: Path, settings: DemoSettings, method: DemoMethod, train_seed: int, device: torch.device,
@@ -216,15 +175,10 @@ def train_method(out: Path, settings: DemoSettings, method: DemoMethod, train_se
     The run goes to `out/runs/<run_name>` (default: the method's name). Returns its mAP per
     tIoU, average mAP and checkpoint. Training the same method again with other seeds on
     one world measures how much of a gap between methods is training noise
-    (`benchmarks/demo_seeds.py --train-seeds`)."""
+    (`research/demo_seeds.py --train-seeds`)."""
     out = Path(out)
-    name = run_name or method.name
-    run_dir = out / "runs" / name
-    base = method_overrides(settings, out / "world", out / BACKBONE_FILE, out / "tap_cache", train_seed)
-    cfg = load_config(ExperimentConfig, None, base + [f"out_dir={run_dir}", f"name={name}",
-                                                      f"train.device={device}", f"train.progress={progress}"]
-                      + list(method.overrides))
-    train(cfg)
+    run_dir = out / "runs" / (run_name or method.name)
+    train(experiment(settings, method, out, run_dir, train_seed, device, progress))
     result, _ = evaluate_checkpoint(run_dir / "last", progress=False)
     return {"tiou": result.tiou.tolist(), "mAP": result.mAP.tolist(), "average_mAP": result.average_mAP,
             "checkpoint": str(run_dir / "last")}

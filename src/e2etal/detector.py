@@ -1,9 +1,13 @@
 """Detectors: a TAL head with what feeds it, turning batches into losses and into
-detections in seconds. Every detector has the same two methods, which is all the
-training engine relies on:
+candidate detections in seconds. Every detector has the same two methods, which is all
+the training engine relies on:
 
     losses(batch) -> {"loss": total, ...}
-    detect(batch) -> list[VideoDetections]
+    detect(batch) -> list[VideoDetections]   one entry per window, not yet suppressed
+
+Decoding and suppression are separate steps, as in ActionFormer: a window's candidates
+are decoded by the head in feature steps and mapped to seconds here; `suppress` pools the
+candidates of all windows of a video and runs one post-processing pass per video.
 """
 
 from __future__ import annotations
@@ -21,31 +25,56 @@ from e2etal.data.features import FeatureBatch, FeatureGrid
 from e2etal.data.predictions import Detections
 from e2etal.data.windows import VideoBatch
 from e2etal.heads import ActionFormerHead
-from e2etal.postprocess import PostprocessConfig, postprocess
+from e2etal.postprocess import PostprocessConfig, postprocess_videos
 
 
 @dataclass
 class VideoDetections:
+    """Scored segments of a video in seconds: a window's candidates, or a video's final
+    detections after `suppress`."""
+
     video_id: str
-    segments_s: np.ndarray  # [K, 2]
+    segments_s: np.ndarray  # [K, 2] float64
     scores: np.ndarray  # [K]
     labels: np.ndarray  # [K] class index
+    duration_s: float | None = None  # of the whole video; segments are clipped to it by `suppress`
 
 
 def to_seconds(
-    predictions: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    candidates: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],  # per window, feature steps
     video_ids: list[str],
     grids: list[FeatureGrid],
     durations_s: list[float | None],
 ) -> list[VideoDetections]:
-    """Head predictions in feature coordinates -> seconds, clipped to [0, duration]."""
+    """Decoded candidates of each window, from its feature grid to seconds (not clipped:
+    that is part of post-processing)."""
     out = []
-    for (segments, scores, labels), vid, grid, duration in zip(predictions, video_ids, grids, durations_s):
+    for (segments, scores, labels), vid, grid, duration in zip(candidates, video_ids, grids, durations_s):
         seconds = grid.to_seconds(segments.double().cpu().numpy()).reshape(-1, 2)
-        seconds = np.clip(seconds, 0.0, duration if duration is not None else None)
-        keep = seconds[:, 1] > seconds[:, 0]
-        out.append(VideoDetections(vid, seconds[keep], scores.cpu().numpy()[keep], labels.cpu().numpy()[keep]))
+        out.append(VideoDetections(vid, seconds, scores.cpu().numpy(), labels.cpu().numpy(), duration))
     return out
+
+
+def suppress(windows: list[VideoDetections], cfg: PostprocessConfig) -> list[VideoDetections]:
+    """One entry per video, in order of first appearance: the candidates of all of a
+    video's windows pooled and post-processed once (`e2etal.postprocess`, in seconds,
+    clipped to the video's duration)."""
+    by_video: dict[str, list[VideoDetections]] = {}
+    for w in windows:
+        by_video.setdefault(w.video_id, []).append(w)
+    pooled, durations = [], []
+    for parts in by_video.values():
+        pooled.append((
+            torch.from_numpy(np.concatenate([p.segments_s for p in parts]).reshape(-1, 2)),
+            torch.from_numpy(np.concatenate([p.scores for p in parts])),
+            torch.from_numpy(np.concatenate([p.labels for p in parts]).astype(np.int64)),
+        ))
+        durations.append(parts[0].duration_s)
+    results = postprocess_videos(pooled, cfg, durations)
+    return [
+        VideoDetections(vid, s.numpy(), p.numpy(), c.numpy(), duration)
+        for vid, (s, p, c), duration in zip(by_video, results, durations)
+    ]
 
 
 def as_detections(videos: list[VideoDetections], classes: ClassMap) -> Detections:
@@ -56,25 +85,6 @@ def as_detections(videos: list[VideoDetections], classes: ClassMap) -> Detection
         for (s, e), p, c in zip(v.segments_s, v.scores, v.labels)
     ]
     return Detections.from_records(records)
-
-
-def merge_windows(videos: list[VideoDetections], cfg: PostprocessConfig) -> list[VideoDetections]:
-    """One entry per video: detections of overlapping windows of a video are pooled and
-    suppressed again (the same post-processing as within a window)."""
-    by_video: dict[str, list[VideoDetections]] = {}
-    for v in videos:
-        by_video.setdefault(v.video_id, []).append(v)
-    out = []
-    for vid, parts in by_video.items():
-        if len(parts) == 1:
-            out.append(parts[0])
-            continue
-        segments = torch.from_numpy(np.concatenate([p.segments_s for p in parts]))
-        scores = torch.from_numpy(np.concatenate([p.scores for p in parts]))
-        labels = torch.from_numpy(np.concatenate([p.labels for p in parts]).astype(np.int64))
-        s, p, c = postprocess(segments, scores, labels, cfg)
-        out.append(VideoDetections(vid, s.numpy(), p.numpy(), c.numpy()))
-    return out
 
 
 class FeatureDetector(nn.Module):
@@ -91,7 +101,7 @@ class FeatureDetector(nn.Module):
     @torch.no_grad()
     def detect(self, batch: FeatureBatch) -> list[VideoDetections]:
         out = self.head(batch.features, batch.mask)
-        return to_seconds(self.head.predict(out), batch.video_ids, batch.grids, batch.durations_s)
+        return to_seconds(self.head.decode(out), batch.video_ids, batch.grids, batch.durations_s)
 
 
 class VideoDetector(nn.Module):
@@ -135,4 +145,4 @@ class VideoDetector(nn.Module):
     @torch.no_grad()
     def detect(self, batch: VideoBatch) -> list[VideoDetections]:
         out = self.head(self.features(batch), batch.mask)
-        return to_seconds(self.head.predict(out), batch.video_ids, batch.grids, batch.durations_s)
+        return to_seconds(self.head.decode(out), batch.video_ids, batch.grids, batch.durations_s)

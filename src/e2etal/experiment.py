@@ -1,6 +1,6 @@
-"""Experiments from a config: the factory (detector, datasets, tap cache) and the Python
-API behind `e2etal train`, `e2etal eval --checkpoint` and `e2etal detect`, for the three
-methods: the head on pre-extracted features, LoSA and head-only transfer on raw video.
+"""Experiments from a config: the Python API behind `e2etal train`, `e2etal eval
+--checkpoint` and `e2etal detect`, the same for every pipeline (`e2etal.pipelines`: the
+head on pre-extracted features, LoSA and head-only transfer on raw video).
 
     from e2etal.experiment import ExperimentConfig, train, evaluate_checkpoint
     cfg = load_config(ExperimentConfig, "configs/thumos14_i3d.yaml", ["train.epochs=10"])
@@ -10,40 +10,29 @@ methods: the head on pre-extracted features, LoSA and head-only transfer on raw 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from e2etal.adapters.frozen import FrozenBackbone, _compute_dtype
-from e2etal.adapters.losa import LoSAAdapters, LoSAConfig
-from e2etal.adapters.tap_cache import TapCache
+from e2etal.adapters.frozen import FrozenPassConfig
+from e2etal.adapters.losa import LoSAConfig
+from e2etal.backbones.factory import BackboneConfig
 from e2etal.config import apply_overrides, from_dict, load_config, to_dict
-from e2etal.data.annotations import Annotations, ClassMap, VideoAnnotation, load_annotations
-from e2etal.data.features import (
-    FeatureDataConfig,
-    FeatureDataset,
-    FeatureItem,
-    collate_features,
-    feature_grid,
-    load_feature_file,
-    resize_features,
-)
+from e2etal.data.annotations import ClassMap, load_annotations
+from e2etal.data.features import FeatureDataConfig
 from e2etal.data.predictions import Detections
-from e2etal.data.video import probe_video
-from e2etal.data.windows import VideoDataConfig, VideoWindows, collate_windows
-from e2etal.detector import FeatureDetector, VideoDetections, VideoDetector, as_detections, merge_windows
-from e2etal.extract import build_backbone, module_sha256
+from e2etal.data.windows import VideoDataConfig
+from e2etal.detector import VideoDetections, as_detections, suppress
 from e2etal.engine import Trainer, TrainConfig, TrainResult, load_checkpoint
 from e2etal.engine.checkpoint import load_weights
 from e2etal.engine.trainer import resolve_device
-from e2etal.heads import HeadConfig, build_head
+from e2etal.heads import HeadConfig
+from e2etal.io import output_dir
 from e2etal.metrics import THUMOS14_TIOU, DetectionResult, evaluate_detections
+from e2etal.pipelines import METHODS, Pipeline, pipeline
 
 log = logging.getLogger(__name__)
 
@@ -56,37 +45,18 @@ class EvalConfig:
 
 
 @dataclass
-class BackboneConfig:
-    name: str = "vit-b"  # a preset of e2etal.extract.BACKBONES: a ViT (vit-*) or a TSM-ResNet (tsm-r18, tsm-r50)
-    # Official VideoMAE/VideoMAEv2 (or HF) weights for a ViT, torchvision / official TSM
-    # weights for a TSM-ResNet (read weights-only); None = random.
-    checkpoint: str | None = None
-    kwargs: dict = field(default_factory=dict)  # constructor overrides, e.g. a small ViT's depth
-    micro_batch: int = 8  # clips per frozen forward
-    dtype: str = "auto"  # frozen pass: "auto" = bf16 on CUDA, fp32 on CPU; or "bf16", "fp32"
-
-    def torch_dtype(self) -> torch.dtype | None:
-        return {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}[self.dtype]
-
-    def __post_init__(self) -> None:
-        if self.dtype not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"backbone.dtype: expected auto, bf16 or fp32, got {self.dtype!r}")
-
-
-METHODS = ("features", "losa", "frozen")
-
-
-@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     out_dir: str = "runs/experiment"
-    # "features": the head on pre-extracted features (`data`); "losa": LoSA adapters beside
-    # a frozen backbone on raw video (`video`, `backbone`, `losa`); "frozen": head-only
-    # transfer on the frozen backbone's last layer, same pipeline without adapters.
+    # Which pipeline feeds the head (`e2etal.pipelines`): "features", the head on
+    # pre-extracted features (`data`); "losa", LoSA adapters beside a frozen backbone on raw
+    # video (`video`, `backbone`, `frozen`, `losa`); "head_only", head-only transfer on the
+    # frozen backbone's last layer, the same pipeline without adapters.
     method: str = "features"
     data: FeatureDataConfig = field(default_factory=FeatureDataConfig)
     video: VideoDataConfig = field(default_factory=VideoDataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    frozen: FrozenPassConfig = field(default_factory=FrozenPassConfig)
     losa: LoSAConfig = field(default_factory=LoSAConfig)
     model: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -94,19 +64,25 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"method: expected one of {METHODS}, got {self.method!r}")
+            raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {self.method!r}")
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return pipeline(self)
 
     @property
     def annotations(self) -> str:
-        return self.video.annotations if self.method != "features" else self.data.annotations
+        """The ground-truth file of this run's pipeline."""
+        return self.pipeline.data(self).annotations
 
     @property
     def train_subset(self) -> str:
-        return self.video.train_subset if self.method != "features" else self.data.train_subset
+        return self.pipeline.data(self).train_subset
 
     @property
     def val_subset(self) -> str:
-        return self.video.val_subset if self.method != "features" else self.data.val_subset
+        """The subset this run evaluates on (during training and by `evaluate_checkpoint`)."""
+        return self.pipeline.data(self).val_subset
 
 
 def experiment_config(config_or_checkpoint: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
@@ -116,90 +92,35 @@ def experiment_config(config_or_checkpoint: str | Path, overrides: list[str] = (
     if path.is_dir():
         ckpt = load_checkpoint(path, with_state=False)
         data = apply_overrides(copy.deepcopy(ckpt.config), list(overrides))
-        return from_dict(ExperimentConfig, data, str(ckpt.path / "config.yaml"))
+        return from_dict(ExperimentConfig, data, str(ckpt.path / "config.yaml"), list(overrides))
     return load_config(ExperimentConfig, path, overrides)
 
 
-def _check_model_fits_data(cfg: ExperimentConfig, feature_dim: int, classes: ClassMap) -> None:
-    if cfg.model.input_dim != feature_dim:
-        raise ValueError(f"model.input_dim is {cfg.model.input_dim} but the features have {feature_dim} channels")
-    if cfg.model.num_classes != len(classes):
-        raise ValueError(f"model.num_classes is {cfg.model.num_classes} but {cfg.annotations} has {len(classes)} classes")
-
-
 def build_detector(cfg: ExperimentConfig):
-    """The detector a config describes; for video methods the frozen backbone (a ViT or a
-    TSM-ResNet) is built and its weights loaded from `backbone.checkpoint`."""
-    if cfg.method == "features":
-        return FeatureDetector(build_head(cfg.model))
-    module = build_backbone(cfg.backbone.name, cfg.backbone.checkpoint, **cfg.backbone.kwargs).module
-    # Head-only transfer reads only the last layer, but taps the same layers as LoSA so
-    # that both methods share one tap cache.
-    frozen = FrozenBackbone(module, taps=cfg.losa.taps, grid=cfg.losa.grid, micro_batch=cfg.backbone.micro_batch,
-                            dtype=cfg.backbone.torch_dtype())
-    if cfg.model.input_dim != frozen.width:
-        raise ValueError(f"model.input_dim is {cfg.model.input_dim} but backbone {cfg.backbone.name} has width {frozen.width}")
-    positions = cfg.video.frames_per_window // frozen.frames_per_position
-    if cfg.model.max_seq_len < positions:
-        raise ValueError(f"model.max_seq_len {cfg.model.max_seq_len} is shorter than the {positions} positions of a window")
-    adapters = None
-    if cfg.method == "losa":
-        adapters = LoSAAdapters(frozen.width, len(frozen.taps), cfg.losa, frozen.tap_widths)
-    return VideoDetector(frozen, build_head(cfg.model), adapters)
-
-
-def _collate(cfg: ExperimentConfig, training: bool):
-    if cfg.method != "features":
-        return partial(collate_windows, pad_multiple=cfg.model.max_stride)
-    pad_to = cfg.data.max_seq_len if training else None
-    return partial(collate_features, pad_multiple=cfg.model.max_stride, pad_to=pad_to)
-
-
-def tap_cache_for(cfg: ExperimentConfig, detector: VideoDetector, device: torch.device) -> TapCache | None:
-    """The tap cache of a video experiment, when `video.tap_cache` is set and augmentation is off."""
-    if cfg.method == "features" or not cfg.video.tap_cache:
-        return None
-    frozen = detector.backbone
-    compute = _compute_dtype(device, frozen.dtype)
-    settings = {
-        "backbone": cfg.backbone.name, "kwargs": cfg.backbone.kwargs, "weights_sha256": module_sha256(frozen.backbone),
-        "taps": list(frozen.taps), "grid": frozen.grid, "fps": cfg.video.fps, "size": cfg.video.size,
-        "clip_frames": cfg.video.clip_frames, "resize_frames": cfg.video.resize_frames, "dtype": str(compute),
-        "mean": cfg.video.mean, "std": cfg.video.std,
-    }
-    return TapCache(cfg.video.tap_cache, settings, store_dtype=compute)
+    """The detector a config describes (its pipeline's)."""
+    return cfg.pipeline.build_detector(cfg)
 
 
 def build_datasets(cfg: ExperimentConfig, annotations, classes, detector, device, splits: list[tuple[str, bool]]):
-    """One dataset per `(subset, training)` split for the config's method; for raw video
-    with a tap cache, the cache is set up once and filled for every split first."""
-    if cfg.method == "features":
-        return [FeatureDataset(cfg.data, annotations, s, classes, training=t, seed=cfg.train.seed) for s, t in splits]
-    frames_per_position = detector.backbone.frames_per_position
-    cache = tap_cache_for(cfg, detector, device)
-    sets = [VideoWindows(cfg.video, annotations, s, classes, training=t, frames_per_position=frames_per_position,
-                         seed=cfg.train.seed, tap_cache=cache) for s, t in splits]
-    if cache is not None:
-        detector.backbone.to(device)
-        for ds in sets:
-            cache.fill(ds, detector.backbone, progress=cfg.train.progress)
-    return sets
+    """One dataset per `(subset, training)` split, built by the config's pipeline."""
+    return cfg.pipeline.build_datasets(cfg, annotations, classes, detector, device, splits)
 
 
 @torch.no_grad()
 def run_detection(detector, dataset, collate, batch_size: int, device: torch.device, progress: bool = True) -> list[VideoDetections]:
-    """Detections for every video of `dataset`, in seconds (windows of a video merged)."""
+    """Detections for every video of `dataset`, in seconds: the candidates of all windows
+    of a video are pooled and post-processed once."""
     detector.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    out: list[VideoDetections] = []
+    windows: list[VideoDetections] = []
     for batch in tqdm(loader, desc="detect", leave=False, disable=not progress, unit="batch"):
-        out.extend(detector.detect(batch.to(device)))
-    return merge_windows(out, detector.head.cfg.postprocess)
+        windows.extend(detector.detect(batch.to(device)))
+    return suppress(windows, detector.head.cfg.postprocess)
 
 
 def _evaluator(cfg: ExperimentConfig, val_set, annotations, device):
     ground_truth = annotations.subset(cfg.val_subset)
-    collate = _collate(cfg, training=False)
+    collate = cfg.pipeline.collate(cfg, training=False)
 
     def evaluate(model) -> dict:
         videos = run_detection(model, val_set, collate, cfg.eval.batch_size, device, cfg.train.progress)
@@ -213,19 +134,21 @@ def _evaluator(cfg: ExperimentConfig, val_set, annotations, device):
 
 def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> TrainResult:
     """Train the config's detector; checkpoints, metrics.csv and logs go to `cfg.out_dir`."""
+    device = resolve_device(cfg.train.device, "train.device")
+    output_dir(cfg.out_dir, "out_dir")
     torch.manual_seed(cfg.train.seed)
     annotations = load_annotations(cfg.annotations)
     classes = annotations.classes
-    device = resolve_device(cfg.train.device)
+    if cfg.model.num_classes != len(classes):
+        raise ValueError(f"model.num_classes is {cfg.model.num_classes} but {cfg.annotations} has {len(classes)} classes")
     detector = build_detector(cfg)
     train_set, val_set = build_datasets(cfg, annotations, classes, detector, device,
                                         [(cfg.train_subset, True), (cfg.val_subset, False)])
-    _check_model_fits_data(cfg, getattr(train_set, "feature_dim", cfg.model.input_dim), classes)
     log.info("%d training and %d validation videos, %d classes", len(train_set), len(val_set), len(classes))
     trainer = Trainer(
         detector,
         train_set,
-        _collate(cfg, training=True),
+        cfg.pipeline.collate(cfg, training=True),
         cfg.train,
         cfg.out_dir,
         to_dict(cfg),
@@ -235,7 +158,7 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> TrainResul
     return trainer.fit(resume=resume)
 
 
-def load_detector(checkpoint: str | Path, device: str = "auto") -> tuple[FeatureDetector | VideoDetector, ExperimentConfig, ClassMap]:
+def load_detector(checkpoint: str | Path, device: str = "auto") -> tuple[torch.nn.Module, ExperimentConfig, ClassMap]:
     """A trained detector (EMA weights when present) with its config and class map."""
     ckpt = load_checkpoint(checkpoint, with_state=False)
     cfg = from_dict(ExperimentConfig, ckpt.config, str(ckpt.path / "config.yaml"))
@@ -251,17 +174,23 @@ def evaluate_checkpoint(
     device: str = "auto",
     progress: bool = True,
 ) -> tuple[DetectionResult, Detections]:
-    """Detect on a subset (default: the config's validation subset) and evaluate.
+    """Detect on a subset (default: the subset the run validates on) and evaluate.
 
     `cfg` overrides the checkpoint's own config for data locations and evaluation
     settings; the model is always the checkpoint's."""
     detector, ckpt_cfg, classes = load_detector(checkpoint, device)
     cfg = cfg or ckpt_cfg
+    if cfg.method != ckpt_cfg.method:
+        raise ValueError(
+            f"{checkpoint}: trained with method {ckpt_cfg.method!r}, but the config given is for method "
+            f"{cfg.method!r}; evaluate it with its own config (give no CONFIG) or a {ckpt_cfg.method!r} config"
+        )
     annotations = load_annotations(cfg.annotations)
     subset = subset or cfg.val_subset
     device_ = next(detector.parameters()).device
     (dataset,) = build_datasets(cfg, annotations, classes, detector, device_, [(subset, False)])
-    videos = run_detection(detector, dataset, _collate(ckpt_cfg, training=False), cfg.eval.batch_size, device_, progress)
+    collate = ckpt_cfg.pipeline.collate(ckpt_cfg, training=False)
+    videos = run_detection(detector, dataset, collate, cfg.eval.batch_size, device_, progress)
     detections = as_detections(videos, classes)
     result = evaluate_detections(annotations.subset(subset), detections, cfg.eval.tiou, cfg.eval.keep_duplicates)
     return result, detections
@@ -280,18 +209,12 @@ def detect_features(
     The time grid comes from the checkpoint's data config; `fps` is needed when that
     config takes fps from the annotations, `duration_s` when it resizes features."""
     detector, cfg, classes = load_detector(checkpoint, device)
+    if cfg.pipeline.reads_video:
+        raise ValueError(f"{checkpoint}: this checkpoint was trained on raw video (method {cfg.method!r}); "
+                         "run it on the video file: `e2etal detect VIDEO --checkpoint CKPT`")
     path = Path(features_path)
-    video_id = video_id or path.stem
-    feats = load_feature_file(path, video_id, cfg.model.input_dim)
-    video = VideoAnnotation(video_id, "", duration_s, fps)
-    grid = feature_grid(cfg.data, video, str(path))
-    x = torch.from_numpy(np.ascontiguousarray(feats.T))  # [C, T]
-    if cfg.data.resize_length is not None:
-        x = resize_features(x, cfg.data.resize_length)
-    item = FeatureItem(video_id, x, torch.zeros(0, 2), torch.zeros(0, dtype=torch.long), grid, duration_s)
-    batch = collate_features([item], pad_multiple=cfg.model.max_stride)
-    videos = detector.detect(batch.to(next(detector.parameters()).device))
-    return as_detections(videos, classes)
+    windows = cfg.pipeline.detect_file(detector, cfg, path, video_id or path.stem, fps, duration_s)
+    return as_detections(suppress(windows, cfg.model.postprocess), classes)
 
 
 def detect_video(
@@ -303,21 +226,17 @@ def detect_video(
 ) -> Detections:
     """Detections for one video file, in seconds: decode, frozen backbone, adapters, head.
 
-    Needs a checkpoint of a raw-video method (`losa` or `frozen`). A checkpoint trained
+    Needs a checkpoint of a raw-video method (`losa` or `head_only`). A checkpoint trained
     on pre-extracted features cannot see the video: extract its features with the same
     backbone (`e2etal extract`) and use `detect_features`."""
     detector, cfg, classes = load_detector(checkpoint, device)
-    if cfg.method == "features":
+    if not cfg.pipeline.reads_video:
         raise ValueError(
             f"{checkpoint}: this checkpoint was trained on pre-extracted features; extract the video's features "
             "with the same backbone (e2etal extract) and run `e2etal detect --features FILE.npy`"
         )
     path = Path(video_path)
-    video_id = video_id or path.stem
-    info = probe_video(path)
-    annotations = Annotations(str(path), {video_id: VideoAnnotation(video_id, "all", info.duration_s, info.fps)}, classes)
-    video_cfg = dataclasses.replace(cfg.video, video_dir=str(path.parent), file_template=path.name, tap_cache=None)
-    dataset = VideoWindows(video_cfg, annotations, "all", classes, training=False,
-                           frames_per_position=detector.backbone.frames_per_position)
-    videos = run_detection(detector, dataset, _collate(cfg, training=False), 1, next(detector.parameters()).device, progress)
+    dataset = cfg.pipeline.video_file_dataset(detector, cfg, path, video_id or path.stem, classes)
+    collate = cfg.pipeline.collate(cfg, training=False)
+    videos = run_detection(detector, dataset, collate, 1, next(detector.parameters()).device, progress)
     return as_detections(videos, classes)

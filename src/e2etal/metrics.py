@@ -112,15 +112,27 @@ class DetectionResult:
 
 def parse_tiou(spec: str) -> tuple[float, ...]:
     """`START:STOP:NUM` (inclusive, as numpy.linspace), a comma list, or one number."""
-    try:
-        if ":" in spec:
-            start, stop, num = spec.split(":")
-            values = tuple(float(x) for x in np.linspace(float(start), float(stop), int(num)))
-        else:
-            values = tuple(float(x) for x in spec.split(",") if x.strip())
-    except ValueError:
-        raise ValueError(f"--tiou {spec!r}: expected START:STOP:NUM (e.g. 0.5:0.95:10) or a list (0.3,0.5,0.7)") from None
-    if not values or any(not 0 <= v <= 1 for v in values):
+    usage = "expected START:STOP:NUM (e.g. 0.5:0.95:10) or a comma list (e.g. 0.3,0.5,0.7)"
+    if ":" in spec:
+        parts = spec.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"--tiou {spec!r}: {usage}")
+        try:
+            start, stop, num = float(parts[0]), float(parts[1]), int(parts[2])
+        except ValueError:
+            raise ValueError(f"--tiou {spec!r}: {usage}; NUM is a whole number") from None
+        if num < 1:
+            raise ValueError(f"--tiou {spec!r}: NUM must be >= 1, got {num}")
+        values = tuple(float(x) for x in np.linspace(start, stop, num))
+    else:
+        items = spec.split(",")
+        if any(not x.strip() for x in items):
+            raise ValueError(f"--tiou {spec!r}: empty item in the list; {usage}")
+        try:
+            values = tuple(float(x) for x in items)
+        except ValueError:
+            raise ValueError(f"--tiou {spec!r}: {usage}") from None
+    if any(not 0 <= v <= 1 for v in values):
         raise ValueError(f"--tiou {spec!r}: thresholds must lie in [0, 1]")
     return values
 

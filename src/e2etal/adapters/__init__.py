@@ -2,7 +2,7 @@
 
 from e2etal.adapters.frozen import (
     FrozenBackbone,
-    TapLayout,
+    FrozenPassConfig,
     frozen_taps,
     pool_tokens,
     tap_layout,
@@ -20,12 +20,12 @@ from e2etal.adapters.losa import (
 __all__ = [
     "DilatedConvBlock",
     "FrozenBackbone",
+    "FrozenPassConfig",
     "GatedFusion",
     "LoSAAdapters",
     "LoSAConfig",
     "LongRangeAdapter",
     "ShortRangeAdapter",
-    "TapLayout",
     "TemporalAttentionBlock",
     "frozen_taps",
     "pool_tokens",

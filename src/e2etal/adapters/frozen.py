@@ -25,56 +25,50 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from e2etal.backbones.tsm_resnet import DEFAULT_TAPS as RESNET_DEFAULT_TAPS
-from e2etal.backbones.tsm_resnet import TSMResNet
-from e2etal.backbones.vit import TapFn, VisionTransformer, default_taps
+from e2etal.backbones.layout import TapLayout
 
-__all__ = ["FrozenBackbone", "TapLayout", "frozen_taps", "pool_tokens", "tap_layout"]
+__all__ = ["FrozenBackbone", "FrozenPassConfig", "frozen_taps", "pool_tokens", "tap_layout"]
+
+_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-@dataclass(frozen=True)
-class TapLayout:
-    """What the frozen pass needs to know about a backbone's tappable layers."""
+@dataclass
+class FrozenPassConfig:
+    """The frozen backbone pass shared by LoSA and head-only transfer (the `frozen:` section
+    of an experiment config). Head-only transfer reads only the last layer, but taps the
+    same layers, so that both methods share one tap cache."""
 
-    widths: tuple[int, ...]  # channels of layers 1..depth
-    frames_per_position: int  # input frames per temporal position of the output
-    default_taps: tuple[int, ...]  # the layers LoSA reads when the config names none
-    unit: str  # what a layer is ("block", "stage"), for messages
+    # Backbone layers read (1-based): ViT blocks or TSM-ResNet stages. None -> the
+    # backbone's default: for a ViT every 4th block of the second half plus the last,
+    # (24, 28, 32, 36, 40) for ViT-g; for a TSM-ResNet stages (2, 3, 4).
+    taps: tuple[int, ...] | None = None
+    grid: int = 2  # side of the pooled spatial grid of each tap (g x g tokens per position)
+    micro_batch: int = 8  # clips per backbone call
+    dtype: str = "auto"  # "auto" = bf16 on CUDA, fp32 on CPU; or "bf16", "fp32"
 
-    @property
-    def depth(self) -> int:
-        return len(self.widths)
+    def __post_init__(self) -> None:
+        if self.taps is not None:
+            self.taps = tuple(self.taps)
+            if not self.taps or any(layer < 1 for layer in self.taps) or len(set(self.taps)) != len(self.taps):
+                raise ValueError(f"frozen.taps {list(self.taps)}: expected null or distinct 1-based layer numbers")
+        if self.grid < 1:
+            raise ValueError(f"frozen.grid: expected >= 1, got {self.grid}")
+        if self.micro_batch < 1:
+            raise ValueError(f"frozen.micro_batch: expected >= 1, got {self.micro_batch}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"frozen.dtype: expected one of {', '.join(_DTYPES)}, got {self.dtype!r}")
 
-    @property
-    def width(self) -> int:
-        """D: the last layer's channels, and those of the pooled-tap tensor."""
-        return self.widths[-1]
-
-    def check_taps(self, taps: Sequence[int]) -> None:
-        bad = sorted(layer for layer in taps if not 1 <= layer <= self.depth)
-        if bad:
-            raise ValueError(
-                f"tap layers {bad} out of range; expected 1-based {self.unit} numbers in 1..{self.depth}"
-            )
+    def torch_dtype(self) -> torch.dtype | None:
+        return _DTYPES[self.dtype]
 
 
 def tap_layout(backbone: nn.Module) -> TapLayout:
-    """The `TapLayout` of a `VisionTransformer` (layers = blocks, frames per position = the
-    tubelet) or a `TSMResNet` (layers = stages 1..4, one position per frame)."""
-    if isinstance(backbone, VisionTransformer):
-        return TapLayout(widths=(backbone.embed_dim,) * backbone.depth, frames_per_position=backbone.tubelet_size,
-                         default_taps=default_taps(backbone.depth), unit="block")
-    if isinstance(backbone, TSMResNet):
-        return TapLayout(widths=backbone.stage_widths, frames_per_position=1, default_taps=RESNET_DEFAULT_TAPS,
-                         unit="stage")
-    raise TypeError(f"LoSA cannot tap a {type(backbone).__name__}; expected a VisionTransformer or a TSMResNet")
-
-
-def _tapped_forward(backbone: nn.Module, x: Tensor, taps: Sequence[int], tap_fn: TapFn) -> tuple[Tensor, dict[int, Tensor]]:
-    """The backbone's tapped forward: last layer's tokens `[n, T, h, w, D]` and `{layer: tap_fn(tokens)}`."""
-    if isinstance(backbone, TSMResNet):
-        return backbone.forward_tokens(x, taps=taps, tap_fn=tap_fn)
-    return backbone(x, taps=taps, tap_fn=tap_fn)
+    """The backbone's `TapLayout`; a module without the backbone interface
+    (`e2etal.backbones.layout`) cannot be tapped."""
+    if not (callable(getattr(backbone, "tap_layout", None)) and callable(getattr(backbone, "forward_taps", None))):
+        raise TypeError(f"LoSA cannot tap a {type(backbone).__name__}; expected a backbone with tap_layout() and "
+                        "forward_taps() (a VisionTransformer or a TSMResNet)")
+    return backbone.tap_layout()
 
 
 def pool_tokens(tokens: Tensor, grid: int) -> Tensor:
@@ -104,7 +98,7 @@ def _compute_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dty
 
 
 def frozen_taps(
-    backbone: VisionTransformer | TSMResNet,
+    backbone: nn.Module,
     clips: Tensor,
     taps: Sequence[int],
     grid: int,
@@ -165,7 +159,7 @@ def frozen_taps(
         for start in range(0, num_clips, micro_batch):
             stop = min(start + micro_batch, num_clips)
             chunk = clips[start:stop].to(device, non_blocking=True)  # [n, 3, F, H, W]
-            tokens, pooled = _tapped_forward(backbone, chunk, taps, pool)  # [n, T, h, w, D], {layer: [n, T, g*g, D_l]}
+            tokens, pooled = backbone.forward_taps(chunk, taps, pool)  # [n, T, h, w, D], {layer: [n, T, g*g, D_l]}
             last[start:stop] = pool(tokens)
             for i, layer in enumerate(taps):
                 tapped[start:stop, :, i, :, : layout.widths[layer - 1]] = pooled[layer]
@@ -187,16 +181,18 @@ class FrozenBackbone(nn.Module):
 
     The weights are ordinary (non-trainable) parameters of this module, so they appear
     in `parameters()` and `state_dict()`; optimizers should take only parameters with
-    `requires_grad`.
+    `requires_grad`. `weights_sha256` identifies them where known (the SHA-256 of the
+    checkpoint file they came from), so that a tap cache need not hash them.
     """
 
     def __init__(
         self,
-        backbone: VisionTransformer | TSMResNet,
+        backbone: nn.Module,
         taps: Sequence[int] | None = None,
         grid: int = 2,
         micro_batch: int = 8,
         dtype: torch.dtype | None = None,
+        weights_sha256: str | None = None,
     ):
         super().__init__()
         self.layout = tap_layout(backbone)
@@ -211,6 +207,7 @@ class FrozenBackbone(nn.Module):
         self.grid = grid
         self.micro_batch = micro_batch
         self.dtype = dtype
+        self.weights_sha256 = weights_sha256
         self.backbone.requires_grad_(False)
         self.backbone.eval()
 

@@ -46,11 +46,9 @@ LONG_MODES = ("attention", "dilated")
 
 @dataclass
 class LoSAConfig:
-    # Backbone layers read (1-based): ViT blocks or TSM-ResNet stages. None -> the
-    # backbone's default (`FrozenBackbone`): for a ViT every 4th block of the second half
-    # plus the last, (24, 28, 32, 36, 40) for ViT-g; for a TSM-ResNet stages (2, 3, 4).
-    taps: tuple[int, ...] | None = None
-    grid: int = 2  # side of the pooled spatial grid of each tap (g x g tokens per position)
+    """The adapters (the `losa:` section); which layers they read, and the grid those are
+    pooled to, are settings of the frozen pass (`FrozenPassConfig`)."""
+
     reduction: int = 4  # adapters work at width D / reduction
     short_window: int = 4  # short-range neighbourhood: +-w temporal positions
     # Temporal kernel of the short-range conv block (odd); None = 2 * short_window + 1, the
@@ -69,15 +67,7 @@ class LoSAConfig:
 
     def __post_init__(self) -> None:
         # YAML gives lists; the config is hashable and printed as tuples.
-        if self.taps is not None:
-            self.taps = tuple(self.taps)
-            if not self.taps:
-                raise ValueError("LoSAConfig.taps is empty; expected None or at least one layer")
-            if any(layer < 1 for layer in self.taps) or len(set(self.taps)) != len(self.taps):
-                raise ValueError(f"LoSAConfig.taps {self.taps}: expected distinct 1-based layer numbers")
         self.dilations = tuple(self.dilations)
-        if self.grid < 1:
-            raise ValueError(f"LoSAConfig.grid must be >= 1, got {self.grid}")
         if self.reduction < 1:
             raise ValueError(f"LoSAConfig.reduction must be >= 1, got {self.reduction}")
         if self.short_window < 0:
@@ -162,11 +152,11 @@ class ShortRangeAdapter(nn.Module):
        padded: masked). The output is the pooled token plus the attention result.
     """
 
-    def __init__(self, dim: int, cfg: LoSAConfig, tap_width: int | None = None):
+    def __init__(self, dim: int, cfg: LoSAConfig, tap_width: int | None = None, grid: int = 2):
         super().__init__()
         width = cfg.adapter_width(dim)
         self.tap_width = _tap_width(dim, tap_width)
-        self.grid = cfg.grid
+        self.grid = grid
         self.window = cfg.short_window
         self.num_heads = cfg.num_heads
         self.head_dim = width // cfg.num_heads
@@ -174,7 +164,7 @@ class ShortRangeAdapter(nn.Module):
         self.norm_in = nn.LayerNorm(self.tap_width)
         self.down = nn.Linear(self.tap_width, width)
         # A 1x1 grid has no spatial neighbours: the kernel collapses to time only.
-        k = 3 if cfg.grid > 1 else 1
+        k = 3 if grid > 1 else 1
         kt = cfg.conv_kernel
         self.conv = nn.Conv3d(width, width, (kt, k, k), padding=(kt // 2, k // 2, k // 2), groups=width)
         self.act = nn.GELU()
@@ -353,19 +343,19 @@ class GatedFusion(nn.Module):
       Its weights train from the first step, whereas the adapters' path through `scale`
       gets gradients only once the scale has moved. On the demo's world (where the
       direction of a glide shows only in which cells an object is over time) it carries
-      most of LoSA's gain (benchmarks/RESULTS.md).
+      most of LoSA's gain (research/README.md).
 
     At initialisation the output is `base` exactly (head-only transfer).
     """
 
-    def __init__(self, dim: int, num_taps: int, cfg: LoSAConfig):
+    def __init__(self, dim: int, num_taps: int, cfg: LoSAConfig, grid: int = 2):
         super().__init__()
         width = cfg.adapter_width(dim)
         self.gates = nn.ModuleList(nn.Linear(2 * width, width) for _ in range(num_taps))
         self.tap_logits = nn.Parameter(torch.zeros(num_taps))
         self.up = nn.Linear(width, dim)
         self.scale = nn.Parameter(torch.zeros(dim))
-        self.layout = nn.Linear(cfg.grid * cfg.grid * dim, dim)
+        self.layout = nn.Linear(grid * grid * dim, dim)
         nn.init.zeros_(self.layout.weight)
         nn.init.zeros_(self.layout.bias)
 
@@ -390,10 +380,11 @@ class LoSAAdapters(nn.Module):
     -> fused [B, T', D]`, where `tapped` / `last` are `FrozenBackbone` outputs (with a
     batch axis) and mask marks valid (un-padded) positions; None means all valid.
     `tap_widths` are the real channels of each tap (`FrozenBackbone.tap_widths`); None
-    means all D.
+    means all D; `grid` is the side g of the pooled grid (`FrozenPassConfig.grid`).
     """
 
-    def __init__(self, dim: int, num_taps: int, cfg: LoSAConfig, tap_widths: Sequence[int] | None = None):
+    def __init__(self, dim: int, num_taps: int, cfg: LoSAConfig, tap_widths: Sequence[int] | None = None,
+                 grid: int = 2):
         super().__init__()
         if num_taps < 1:
             raise ValueError(f"num_taps must be >= 1, got {num_taps}")
@@ -402,10 +393,10 @@ class LoSAAdapters(nn.Module):
             raise ValueError(f"tap_widths {tap_widths} name {len(tap_widths)} taps; expected {num_taps}")
         self.dim = dim
         self.num_taps = num_taps
-        self.grid = cfg.grid
-        self.short = nn.ModuleList(ShortRangeAdapter(dim, cfg, w) for w in tap_widths)
+        self.grid = grid
+        self.short = nn.ModuleList(ShortRangeAdapter(dim, cfg, w, grid) for w in tap_widths)
         self.long = nn.ModuleList(LongRangeAdapter(dim, cfg, w) for w in tap_widths)
-        self.fusion = GatedFusion(dim, num_taps, cfg)
+        self.fusion = GatedFusion(dim, num_taps, cfg, grid)
 
     def forward(self, tapped: Tensor, last: Tensor, mask: Tensor | None = None) -> Tensor:
         B, T, L, S, D = tapped.shape  # [B, T', L, g*g, D]

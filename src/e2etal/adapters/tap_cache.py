@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from e2etal import io
+from e2etal.data.streaming import ClipBatch, ClipStream, VideoEnd, VideoFailed
 
 
 class TapCache:
@@ -56,9 +57,24 @@ class TapCache:
     @torch.no_grad()
     def fill(self, dataset, frozen, progress: bool = True) -> int:
         """Compute and store the taps of every video of `dataset` (a `VideoWindows`) not
-        cached yet, with `frozen` (a `FrozenBackbone`). Returns how many were computed."""
+        cached yet, with `frozen` (a `FrozenBackbone`), decoding ahead in a background
+        thread (`ClipStream`). Returns how many were computed."""
         todo = [v for v in dataset.videos if not self.has(v)]
-        for video_id in tqdm(todo, desc="tap cache", unit="video", disable=not progress or not todo):
-            parts = [frozen(clips) for clips in dataset.video_clips(video_id, chunk_clips=max(frozen.micro_batch, 8))]
-            self.save(video_id, torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        if not todo:
+            return 0
+        device = next(frozen.parameters()).device
+        cfg = dataset.cfg
+        stream = ClipStream(todo, dataset.open_video, dataset.sampler, frozen.micro_batch,
+                            pin_memory=device.type == "cuda")
+        parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        with stream, tqdm(total=len(todo), desc="tap cache", unit="video", disable=not progress) as bar:
+            for event in stream.events():
+                if isinstance(event, ClipBatch):
+                    parts.append(frozen(event.clips(device, cfg.mean, cfg.std)))  # ([t, L, g*g, D], [t, g*g, D])
+                elif isinstance(event, VideoEnd):
+                    self.save(event.video, torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+                    parts = []
+                    bar.update()
+                elif isinstance(event, VideoFailed):
+                    raise event.error
         return len(todo)

@@ -1,6 +1,6 @@
-"""Video backbones: VideoMAE / VideoMAEv2 ViTs (LoSA) and TSM-ResNets (LoFi).
-
-Checkpoint conversion for all of them lives in `e2etal.backbones.checkpoint`.
+"""Video backbones: VideoMAE / VideoMAEv2 ViTs (LoSA) and TSM-ResNets (LoFi), with one
+interface (`layout`), presets by name (`factory`), and checkpoint conversion for all of
+them in one place (`checkpoint`).
 """
 
 from e2etal.backbones.checkpoint import (
@@ -11,6 +11,16 @@ from e2etal.backbones.checkpoint import (
     read_checkpoint,
     vit_from_checkpoint,
 )
+from e2etal.backbones.factory import (
+    BACKBONES,
+    VIT_BACKBONES,
+    Backbone,
+    BackboneConfig,
+    build_backbone,
+    file_sha256,
+    module_sha256,
+)
+from e2etal.backbones.layout import IMAGENET_MEAN, IMAGENET_STD, TapFn, TapLayout
 from e2etal.backbones.tsm_resnet import TSMResNet, temporal_shift, tsm_resnet18, tsm_resnet50
 from e2etal.backbones.vit import (
     VisionTransformer,
@@ -22,9 +32,21 @@ from e2etal.backbones.vit import (
     vit_huge,
     vit_large,
     vit_small,
+    vit_tiny,
 )
 
 __all__ = [
+    "BACKBONES",
+    "VIT_BACKBONES",
+    "Backbone",
+    "BackboneConfig",
+    "build_backbone",
+    "file_sha256",
+    "module_sha256",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "TapFn",
+    "TapLayout",
     "TSMResNet",
     "VisionTransformer",
     "canonical_resnet_state_dict",
@@ -44,4 +66,5 @@ __all__ = [
     "vit_huge",
     "vit_large",
     "vit_small",
+    "vit_tiny",
 ]

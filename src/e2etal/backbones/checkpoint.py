@@ -29,7 +29,7 @@ Final norm. Fine-tuned checkpoints (the released VideoMAEv2 ones, VideoMAE v1 wi
 pooling) have `fc_norm`, applied to the mean of the last tokens. Pretraining checkpoints
 and v1 models without mean pooling have `norm` instead, a LayerNorm applied to every
 token (before the decoder, in pretraining). When a file has `norm` and no `fc_norm`,
-its `norm` weights become `fc_norm`, with a warning: `extract_features` is then
+its `norm` weights become `fc_norm`, with a warning: `clip_features` is then
 LayerNorm(mean of tokens) with those weights -- not identical to mean(LayerNorm(tokens)),
 but the closest read-out this model has. The tapped and last-layer token maps (what
 LoSA reads) do not depend on this norm.

@@ -5,7 +5,7 @@ Each residual block shifts 1/8 of its input channels one frame back in time and 
 of Lin et al., ICCV 2019); the identity path is not shifted. Ends are zero-padded.
 
 For LoSA the four stages (`layer1..layer4`) are the tappable layers, numbered 1..4
-(`forward_tokens`); a TSM-ResNet has one temporal position per frame.
+(`forward_taps`); a TSM-ResNet has one temporal position per frame.
 
 Parameter names are torchvision's ResNet names (`conv1`, `bn1`, `layer1.0.conv1`, ...,
 `layer2.0.downsample.0/1`, `fc`), so torchvision ImageNet and Kinetics ResNet state dicts
@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from e2etal.backbones.layout import IMAGENET_MEAN, IMAGENET_STD, TapLayout
 
 __all__ = [
     "DEFAULT_TAPS",
@@ -149,6 +151,10 @@ class TSMResNet(nn.Module):
     (256, 512, 1024, 2048) for R50.
     """
 
+    # Torchvision's ImageNet weights and the TSM release are trained on ImageNet-normalised RGB.
+    pixel_mean: tuple[float, float, float] | None = IMAGENET_MEAN
+    pixel_std: tuple[float, float, float] | None = IMAGENET_STD
+
     def __init__(
         self,
         block: type[BasicBlock] | type[Bottleneck],
@@ -208,7 +214,7 @@ class TSMResNet(nn.Module):
     def _trunk(
         self, x: Tensor, taps: Sequence[int], tap_fn: Callable[[Tensor], Tensor] | None
     ) -> tuple[Tensor, dict[int, Tensor]]:
-        """`[B, 3, T, H, W]` -> the last stage's maps `[B*T, C, h, w]` and the taps of `forward_tokens`."""
+        """`[B, 3, T, H, W]` -> the last stage's maps `[B*T, C, h, w]` and the taps of `forward_taps`."""
         tap_set = set(taps)
         bad = sorted(stage for stage in tap_set if not 1 <= stage <= 4)
         if bad:
@@ -230,10 +236,10 @@ class TSMResNet(nn.Module):
         maps, _ = self._trunk(x, (), None)  # [B*T, C, h, w]
         return self.avgpool(maps).flatten(1).view(B, T, self.num_features)  # [B, T, C]
 
-    def forward_tokens(
+    def forward_taps(
         self, x: Tensor, taps: Sequence[int] = (), tap_fn: Callable[[Tensor], Tensor] | None = None
     ) -> tuple[Tensor, dict[int, Tensor]]:
-        """The tapped forward of LoSA's frozen pass, as `VisionTransformer.forward`.
+        """The tapped forward every backbone has (`e2etal.backbones.layout`).
 
         x: `[B, 3, T, H, W]`. Returns the last stage's maps as tokens `[B, T, h, w, C]`
         (one temporal position per frame) and `{stage: tapped}` for each 1-based stage in
@@ -246,11 +252,18 @@ class TSMResNet(nn.Module):
         maps, tapped = self._trunk(x, taps, tap_fn)
         return _as_tokens(maps, B, T), tapped
 
+    def tap_layout(self) -> TapLayout:
+        return TapLayout(widths=self.stage_widths, frames_per_position=1, default_taps=DEFAULT_TAPS, unit="stage")
+
+    def clip_features(self, x: Tensor) -> Tensor:
+        """One feature per clip `[B, C]`: the per-frame pooled features averaged over the clip."""
+        return self.forward(x).mean(dim=1)
+
     def classify(self, x: Tensor) -> Tensor:
         """Clip logits `[B, num_classes]`: `fc` on per-frame features averaged over time (TSN consensus)."""
         if self.fc is None:
             raise ValueError("this TSMResNet has no fc (built with num_classes=0)")
-        return self.fc(self.forward(x).mean(dim=1))
+        return self.fc(self.clip_features(x))
 
 
 def _as_tokens(maps: Tensor, batch: int, frames: int) -> Tensor:

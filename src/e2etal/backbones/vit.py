@@ -20,12 +20,14 @@ never a parameter and never in a state dict (see `position_table` for other grid
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from e2etal.backbones.layout import TapFn, TapLayout
 
 __all__ = [
     "Attention",
@@ -44,7 +46,6 @@ __all__ = [
     "vit_small",
 ]
 
-TapFn = Callable[[Tensor], Tensor]
 
 
 # ---------------------------------------------------------------------------------------
@@ -234,11 +235,17 @@ def default_taps(depth: int) -> tuple[int, ...]:
 
 
 class VisionTransformer(nn.Module):
-    """VideoMAE / VideoMAEv2 encoder with mean-pooling `fc_norm` (no class token).
+    """VideoMAE / VideoMAEv2 encoder with mean-pooling `fc_norm` (no class token), with the
+    interface of every backbone (`e2etal.backbones.layout`): its layers are its blocks,
+    one temporal position per tubelet.
 
     `img_size` and `num_frames` fix only the grid the position table was trained at;
     any input whose size tiles into tubelets is accepted (see `position_table`).
     """
+
+    # The official VideoMAE / VideoMAEv2 TAD extraction feeds RGB in [0, 1] without mean/std.
+    pixel_mean: tuple[float, float, float] | None = None
+    pixel_std: tuple[float, float, float] | None = None
 
     def __init__(
         self,
@@ -332,7 +339,17 @@ class VisionTransformer(nn.Module):
                 tapped[layer] = tap_fn(tokens) if tap_fn is not None else tokens
         return x.view(B, t, h, w, D), tapped
 
-    def extract_features(self, x: Tensor) -> Tensor:
+    def forward_taps(
+        self, x: Tensor, taps: Sequence[int] = (), tap_fn: TapFn | None = None
+    ) -> tuple[Tensor, dict[int, Tensor]]:
+        """The tapped forward every backbone has: this model's `forward`."""
+        return self.forward(x, taps, tap_fn)
+
+    def tap_layout(self) -> TapLayout:
+        return TapLayout(widths=(self.embed_dim,) * self.depth, frames_per_position=self.tubelet_size,
+                         default_taps=default_taps(self.depth), unit="block")
+
+    def clip_features(self, x: Tensor) -> Tensor:
         """The official TAD clip feature: `fc_norm(mean of the last block's tokens)`, `[B, D]`."""
         tokens, _ = self.forward(x)  # [B, T', h, w, D]
         return self.fc_norm(tokens.flatten(1, 3).mean(dim=1))  # [B, D]
@@ -341,7 +358,7 @@ class VisionTransformer(nn.Module):
         """Class logits `[B, num_classes]` from the head of a fine-tuned checkpoint."""
         if self.head is None:
             raise ValueError("this VisionTransformer has no head (built with num_classes=0)")
-        return self.head(self.extract_features(x))
+        return self.head(self.clip_features(x))
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -357,6 +374,12 @@ def _init_weights(m: nn.Module) -> None:
 # ---------------------------------------------------------------------------------------
 # Sizes (patch 16, tubelet 2, 16 frames, 224 px unless overridden)
 # ---------------------------------------------------------------------------------------
+
+
+def vit_tiny(**kwargs) -> VisionTransformer:
+    """A toy ViT for the demo and tests: width 96, 6 blocks, 4 heads (not a released size;
+    narrower than DeiT's 192-wide ViT-Ti). Fast enough to pretrain on a CPU in minutes."""
+    return VisionTransformer(**{"embed_dim": 96, "depth": 6, "num_heads": 4, **kwargs})
 
 
 def vit_small(**kwargs) -> VisionTransformer:

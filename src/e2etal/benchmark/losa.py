@@ -22,21 +22,71 @@ backbone's width as input, trained on a few random segments). Four ways to run i
 On CUDA the backbone weights are bf16 in every method (so `full` keeps bf16 weights,
 gradients and AdamW states, as DESIGN.md's anchors) and the compute runs under bf16
 autocast; small trainable modules (adapters, head) keep float32 weights. On CPU
-everything is float32 and peak memory is not measured (None).
+everything is float32.
 
-The methods run one after another in one process. Before each, memory is released and
-the CUDA peak counter reset after the model is built, so a row's peak
-(`torch.cuda.max_memory_allocated`, in GB = 1e9 bytes) covers its weights, optimizer
-states and `warmup + steps` training steps. Step time is the median of the `steps`
-timed steps, synchronised around each step; it includes copying the clips from host
-memory. A method that runs out of CUDA memory gets a row with status "OOM".
+Processes. Each method runs in a fresh process of its own, one method after another
+(forkserver where the platform has it: forked from a server that imported torch and this
+module once and never touched CUDA or a thread pool; spawn elsewhere). Nothing carries
+over from one method to the next (allocator caches, CUDA peak counter, autograd graphs),
+the peak memory of a process is that of its method alone, and CUDA is initialised in the
+method's process only, never in the caller's. Each row names its process (`pid`). Call
+`bench_losa` from under `if __name__ == "__main__":` in a script, as for any
+multiprocessing code.
+
+Memory. `peak_mem_gb` and `base_mem_gb` (GB = 1e9 bytes) mean different things per device:
+
+    cuda  `torch.cuda.max_memory_allocated` of the method's process, counted from just
+          after the model is built (the fp32 -> bf16 cast at build time is not part of a
+          step): the bytes of live tensors the caching allocator handed out over the
+          warm-up and timed steps -- weights, gradients, optimizer states, activations and
+          saved tensors, the clips copied to the device. Not counted: the CUDA context,
+          blocks the allocator caches while free (`memory_reserved` minus this), library
+          workspaces outside the allocator, and host memory. The base is
+          `memory_allocated` before the model is built (the target, about 0).
+    cpu   the peak resident set size of the method's process (`getrusage(RUSAGE_SELF)
+          .ru_maxrss`, the kernel's high-water mark VmHWM): everything resident at the
+          fullest moment of the process -- the Python interpreter and imported modules,
+          the pages of torch's libraries that were touched, the input window, float32
+          weights, gradients, optimizer states, activations and saved tensors, thread
+          stacks, oneDNN scratch, and heap memory the C allocator keeps after tensors are
+          freed. The base is the same high-water mark just before the model is built
+          (interpreter, torch runtime, input window), so `peak - base` is the method's own
+          increase. It is page-granular and an upper bound of what its tensors need: it
+          also holds the library pages its ops touch first (autograd, the kernels: tens of
+          MB, most of a --tiny figure) and freed heap the allocator kept. It is float32
+          where CUDA's is bf16 and counts more than tensors, so it compares methods with
+          each other, not with the CUDA figure or its targets.
+
+Time. After `warmup` untimed steps, each step is timed (`time.perf_counter`, synchronised
+around the step on CUDA; a step includes copying the clips from host memory), at least
+`steps` of them and more until they add up to `min_time_s` (1 s: a few steps of a few ms
+would sample a few scheduler time slices). A row gives their min, median and max,
+`x_frozen` (its median over the frozen row's median, the figure of the target) and
+`x_frozen_min` (min over min). Each process runs `threads` intra-op threads (default 1), because a thread pool as
+wide as a CPU that other work shares measures that work's load instead of the method:
+every parallel op waits at its end for its slowest thread, OpenMP's idle threads spin on
+the cores the working ones need, and a thread that loses its core stalls the op for a
+scheduler time slice. A step's time then grows with its number of ops rather than its
+work and flips between regimes as the load comes and goes; the LoSA step (a head, a
+loss, a backward and AdamW over hundreds of small tensors: thousands of small ops) is hit
+far harder than the frozen forward (a few large ops), and their ratio can move by two
+orders of magnitude from one run to the next. One thread is slowed only in proportion to
+the load, every method alike; at --tiny sizes the frozen step (a few ms, about one time
+slice) remains the noisiest figure, which is why min / median / max are all reported.
+
+A method that runs out of CUDA memory gets a row with status "OOM"; one whose process
+fails or is killed (out of host memory) stops the bench with an error naming it.
 """
 
 from __future__ import annotations
 
-import gc
+import importlib
+import multiprocessing
+import os
 import statistics
+import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
 
@@ -44,10 +94,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from e2etal.adapters.frozen import FrozenBackbone
+try:
+    import resource
+except ImportError:  # Windows: no peak RSS
+    resource = None
+
+from e2etal.adapters.adatad import add_serial_adapters
+from e2etal.adapters.frozen import FrozenBackbone, FrozenPassConfig
 from e2etal.adapters.losa import LoSAAdapters, LoSAConfig
+from e2etal.backbones.factory import BACKBONES as PRESETS
 from e2etal.backbones.vit import VisionTransformer
-from e2etal.extract import BACKBONES as PRESETS
 from e2etal.engine.trainer import resolve_device
 from e2etal.heads import HeadConfig, build_head
 from e2etal.heads.actionformer import ActionFormerHead
@@ -57,9 +113,7 @@ __all__ = [
     "METHODS",
     "TARGET_PEAK_GB",
     "TARGET_X_FROZEN",
-    "AdaptedBlock",
     "BenchSettings",
-    "TemporalAdapter",
     "bench_losa",
     "bench_settings",
     "build_bench_vit",
@@ -81,6 +135,11 @@ TARGET_X_FROZEN = 1.2
 
 LEARNING_RATE = 1e-4
 GB = 1e9
+CUDA_MEASURE, CPU_MEASURE = "cuda max_memory_allocated", "cpu peak RSS"  # a row's mem_measure
+# What torch imports on first use, imported before a method's baseline so that neither its
+# time nor its own memory holds them: the first optimizer imports torch._dynamo (sympy
+# and hundreds of modules: seconds, about 90 MB of RSS).
+LAZY_IMPORTS = ("torch._dynamo",)
 
 
 def build_bench_vit(name: str, **kwargs) -> VisionTransformer:
@@ -112,10 +171,12 @@ class BenchSettings:
     clip_frames: int  # frames per clip
     micro_batch: int  # clips per backbone call in the no-grad passes (frozen, losa)
     methods: tuple[str, ...]
-    steps: int  # timed steps per method
+    steps: int  # timed steps per method, at least
+    min_time_s: float  # and more until the timed ones add up to this
     warmup: int  # untimed steps before them
     device: torch.device
     dtype: str  # "bf16" (CUDA only) or "fp32"
+    threads: int  # intra-op CPU threads of each method's process
 
     @property
     def num_clips(self) -> int:
@@ -153,11 +214,15 @@ def bench_settings(
     device: str = "auto",
     dtype: str = "bf16",
     tiny: bool = False,
+    threads: int = 1,
+    min_time_s: float = 1.0,
 ) -> BenchSettings:
     """Check and complete the settings of `bench_losa` before any model is built.
 
     frames / res default to 768 / 224, or 64 / 32 with `tiny` (which replaces
-    `backbone` by the tiny ViT). Off CUDA the dtype is always fp32.
+    `backbone` by the tiny ViT). Off CUDA the dtype is always fp32. `threads` is the
+    intra-op thread count of each method's process; timing stops after at least `steps`
+    steps adding up to at least `min_time_s` (see the module docstring for why).
     """
     name = TINY if tiny else backbone
     methods = tuple(methods)
@@ -165,9 +230,11 @@ def bench_settings(
     if unknown or not methods or len(set(methods)) != len(methods):
         raise ValueError(f"methods {list(methods)}: expected distinct names among {', '.join(METHODS)}")
     for label, value, low in (("steps", steps, 1), ("warmup", warmup, 0), ("micro_batch", micro_batch, 1),
-                              ("clip_frames", clip_frames, 1)):
+                              ("clip_frames", clip_frames, 1), ("threads", threads, 1)):
         if value < low:
             raise ValueError(f"{label} must be >= {low}, got {value}")
+    if min_time_s < 0:
+        raise ValueError(f"min_time_s must be >= 0, got {min_time_s}")
     if dtype not in ("bf16", "fp32"):
         raise ValueError(f"dtype must be 'bf16' or 'fp32', got {dtype!r}")
     dev = resolve_device(device)
@@ -201,61 +268,12 @@ def bench_settings(
         micro_batch=micro_batch,
         methods=methods,
         steps=steps,
+        min_time_s=min_time_s,
         warmup=warmup,
         device=dev,
         dtype=dtype,
+        threads=threads,
     )
-
-
-# ---------------------------------------------------------------------------------------
-# AdaTAD-style serial adapters
-# ---------------------------------------------------------------------------------------
-
-
-class TemporalAdapter(nn.Module):
-    """A bottleneck adapter that mixes each spatial token with its temporal neighbours.
-
-    `forward(x [N, t*h*w, D]) -> [N, t*h*w, D]` for the N clips of one window, tokens in
-    the ViT's (t, h, w) order: down-projection D -> D / reduction, a depthwise
-    convolution along time at every spatial position, GELU, up-projection back to D.
-    Time runs across the whole window (clip n's t positions follow clip n-1's), so a
-    window's clips must pass through the adapter together. The up-projection starts
-    at zero, so an untrained adapter adds nothing.
-    """
-
-    def __init__(self, dim: int, clip_tokens: int, reduction: int = 4, kernel_size: int = 3):
-        super().__init__()
-        width = dim // reduction
-        self.clip_tokens = clip_tokens
-        self.down = nn.Linear(dim, width)
-        self.conv = nn.Conv1d(width, width, kernel_size, padding=kernel_size // 2, groups=width)
-        self.act = nn.GELU()
-        self.up = nn.Linear(width, dim)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        N, L, _ = x.shape  # [N, t*h*w, D]
-        t = self.clip_tokens
-        z = self.down(x)  # [N, t*h*w, d]
-        d = z.shape[-1]
-        z = z.view(N, t, L // t, d).permute(2, 3, 0, 1).reshape(L // t, d, N * t)  # [h*w, d, N*t]
-        z = self.conv(z)  # [h*w, d, N*t]
-        z = z.view(L // t, d, N, t).permute(2, 3, 0, 1).reshape(N, L, d)  # [N, t*h*w, d]
-        return self.up(self.act(z))  # [N, t*h*w, D]
-
-
-class AdaptedBlock(nn.Module):
-    """A frozen ViT block followed by a serial adapter: `y = block(x); y + adapter(y)`."""
-
-    def __init__(self, block: nn.Module, adapter: TemporalAdapter):
-        super().__init__()
-        self.block = block
-        self.adapter = adapter
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.block(x)  # [N, t*h*w, D]
-        return x + self.adapter(x)
 
 
 # ---------------------------------------------------------------------------------------
@@ -321,28 +339,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _release(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
+def _timed(step: Callable[[], None], s: BenchSettings) -> tuple[list[float], float | None]:
+    """Run `warmup` steps, then timed ones, at least `steps` and until they add up to
+    `min_time_s`: (seconds of each timed step, CUDA peak GB or None off CUDA).
 
-
-def _timed(step: Callable[[], None], s: BenchSettings) -> tuple[float, float | None]:
-    """Run `warmup + steps` steps: (median seconds of the timed ones, peak GB or None off CUDA)."""
+    The time floor is for small steps: 5 steps of a few ms sample a few scheduler time
+    slices, and one burst of other work on the machine then makes the whole row. The CUDA
+    peak counter restarts here, after the model is built: the build's fp32 -> bf16 cast
+    holds both copies of the weights for a moment, which is not part of a step.
+    """
     if s.device.type == "cuda":
         torch.cuda.synchronize(s.device)
         torch.cuda.reset_peak_memory_stats(s.device)
+    for _ in range(s.warmup):
+        step()
     times = []
-    for i in range(s.warmup + s.steps):
+    while len(times) < s.steps or sum(times) < s.min_time_s:
         _sync(s.device)
         start = time.perf_counter()
         step()
         _sync(s.device)
-        if i >= s.warmup:
-            times.append(time.perf_counter() - start)
+        times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(s.device) / GB if s.device.type == "cuda" else None
-    return statistics.median(times), peak
+    return times, peak
 
 
 def _numel(params) -> int:
@@ -357,27 +376,36 @@ def _nonzero_grad(p: Tensor) -> bool:
     return p.grad is not None and bool(p.grad.abs().sum() > 0)
 
 
-def _row(method: str, step_s: float, peak_gb: float | None, params: dict[str, int], trainable: int,
+def _row(method: str, times: list[float], cuda_peak_gb: float | None, params: dict[str, int], trainable: int,
          backbone_grads: int, grad_through: bool, notes: str) -> dict:
     return {
         "method": method,
         "status": "ok",
-        "peak_mem_gb": peak_gb,  # torch.cuda.max_memory_allocated / 1e9; None off CUDA
-        "step_s": step_s,  # median seconds per step
+        "peak_mem_gb": cuda_peak_gb,  # see the module docstring; the CPU figure is filled in by _measure
+        "base_mem_gb": None,  # the same measure before the model is built, filled in by _measure
+        "mem_measure": None,  # "cuda max_memory_allocated" or "cpu peak RSS", filled in by _measure
+        "step_s": statistics.median(times),  # median seconds per timed step
+        "step_min_s": min(times),
+        "step_max_s": max(times),
+        "step_times_s": times,  # every timed step, in order
         "x_frozen": None,  # step_s / the frozen row's step_s, filled in by run_bench
+        "x_frozen_min": None,  # step_min_s / the frozen row's step_min_s, filled in by run_bench
         "trainable_params": trainable,  # elements the optimizer updates
         "params": params,  # elements per part: backbone, adapters, head
         "backbone_params_with_grad": backbone_grads,  # backbone parameter tensors with a .grad after the last step
         "grad_through_backbone": grad_through,  # did a gradient reach the backbone's first block?
+        "pid": None,  # the method's process, filled in by _measure
+        "threads": None,  # its intra-op threads, filled in by _measure
         "notes": notes,
     }
 
 
 def _oom_row(method: str) -> dict:
     return {
-        "method": method, "status": "OOM", "peak_mem_gb": None, "step_s": None, "x_frozen": None,
-        "trainable_params": None, "params": None, "backbone_params_with_grad": None,
-        "grad_through_backbone": None, "notes": "out of CUDA memory",
+        "method": method, "status": "OOM", "peak_mem_gb": None, "base_mem_gb": None, "mem_measure": None,
+        "step_s": None, "step_min_s": None, "step_max_s": None, "step_times_s": None, "x_frozen": None,
+        "x_frozen_min": None, "trainable_params": None, "params": None, "backbone_params_with_grad": None,
+        "grad_through_backbone": None, "pid": None, "threads": None, "notes": "out of CUDA memory",
     }
 
 
@@ -395,18 +423,18 @@ def _run_frozen(s: BenchSettings, clips: Tensor, target: tuple[Tensor, Tensor]) 
             for start in range(0, s.num_clips, s.micro_batch):
                 vit(clips[start : start + s.micro_batch].to(s.device, non_blocking=True))  # [n, t, h, w, D], dropped
 
-    step_s, peak = _timed(step, s)
+    times, peak = _timed(step, s)
     params = {"backbone": _numel(vit.parameters()), "adapters": 0, "head": 0}
     notes = f"backbone forward only, no_grad, micro-batches of {s.micro_batch} clips"
-    return _row("frozen", step_s, peak, params, 0, _with_grad(vit.parameters()), False, notes)
+    return _row("frozen", times, peak, params, 0, _with_grad(vit.parameters()), False, notes)
 
 
 def _run_losa(s: BenchSettings, clips: Tensor, target: tuple[Tensor, Tensor]) -> dict:
-    cfg = LoSAConfig()
+    cfg, pass_cfg = LoSAConfig(), FrozenPassConfig()  # default taps and grid; micro-batch and dtype are the bench's
     vit = _build_vit(s)
-    frozen = FrozenBackbone(vit, cfg.taps, cfg.grid, s.micro_batch, s.compute_dtype)
+    frozen = FrozenBackbone(vit, pass_cfg.taps, pass_cfg.grid, s.micro_batch, s.compute_dtype)
     torch.manual_seed(0)
-    adapters = LoSAAdapters(vit.embed_dim, len(frozen.taps), cfg).to(s.device).train()
+    adapters = LoSAAdapters(vit.embed_dim, len(frozen.taps), cfg, grid=frozen.grid).to(s.device).train()
     head = _build_head(s).train()
     trainable = [*adapters.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(trainable, lr=LEARNING_RATE)
@@ -420,7 +448,7 @@ def _run_losa(s: BenchSettings, clips: Tensor, target: tuple[Tensor, Tensor]) ->
         loss.backward()
         opt.step()
 
-    step_s, peak = _timed(step, s)
+    times, peak = _timed(step, s)
     backbone_grads = _with_grad(vit.parameters())
     if backbone_grads:
         raise RuntimeError(
@@ -429,9 +457,9 @@ def _run_losa(s: BenchSettings, clips: Tensor, target: tuple[Tensor, Tensor]) ->
         )
     params = {"backbone": _numel(vit.parameters()), "adapters": _numel(adapters.parameters()),
               "head": _numel(head.parameters())}
-    notes = (f"taps {list(frozen.taps)} pooled {cfg.grid}x{cfg.grid} under no_grad, micro-batches of {s.micro_batch} "
+    notes = (f"taps {list(frozen.taps)} pooled {frozen.grid}x{frozen.grid} under no_grad, micro-batches of {s.micro_batch} "
              "clips; no backbone gradients")
-    return _row("losa", step_s, peak, params, _numel(trainable), backbone_grads, False, notes)
+    return _row("losa", times, peak, params, _numel(trainable), backbone_grads, False, notes)
 
 
 def _end_to_end_step(s: BenchSettings, vit: VisionTransformer, head: ActionFormerHead,
@@ -453,23 +481,21 @@ def _end_to_end_step(s: BenchSettings, vit: VisionTransformer, head: ActionForme
 
 def _run_adatad(s: BenchSettings, clips: Tensor, target: tuple[Tensor, Tensor]) -> dict:
     vit = _build_vit(s)
-    vit.requires_grad_(False)
     backbone = list(vit.parameters())
     torch.manual_seed(0)
-    adapters = nn.ModuleList(TemporalAdapter(vit.embed_dim, s.clip_tokens) for _ in vit.blocks).to(s.device)
-    vit.blocks = nn.ModuleList(AdaptedBlock(block, adapter) for block, adapter in zip(vit.blocks, adapters))
+    adapters = add_serial_adapters(vit, s.clip_tokens).to(s.device)
     vit.grad_checkpointing = True
     vit.train()
     head = _build_head(s).train()
     trainable = [*adapters.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(trainable, lr=LEARNING_RATE)
 
-    step_s, peak = _timed(_end_to_end_step(s, vit, head, opt, clips, target), s)
+    times, peak = _timed(_end_to_end_step(s, vit, head, opt, clips, target), s)
     params = {"backbone": _numel(backbone), "adapters": _numel(adapters.parameters()),
               "head": _numel(head.parameters())}
     notes = (f"serial temporal adapters in all {vit.depth} blocks, frozen weights, per-block checkpointing, "
              f"all {s.num_clips} clips at once")
-    return _row("adatad", step_s, peak, params, _numel(trainable), _with_grad(backbone),
+    return _row("adatad", times, peak, params, _numel(trainable), _with_grad(backbone),
                 _nonzero_grad(adapters[0].up.weight), notes)
 
 
@@ -481,11 +507,11 @@ def _run_full(s: BenchSettings, clips: Tensor, target: tuple[Tensor, Tensor]) ->
     trainable = [*vit.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(trainable, lr=LEARNING_RATE)
 
-    step_s, peak = _timed(_end_to_end_step(s, vit, head, opt, clips, target), s)
+    times, peak = _timed(_end_to_end_step(s, vit, head, opt, clips, target), s)
     params = {"backbone": _numel(vit.parameters()), "adapters": 0, "head": _numel(head.parameters())}
     states = ", bf16 weights, gradients and AdamW states" if s.dtype == "bf16" else ""
     notes = f"every backbone weight trainable, per-block checkpointing, all {s.num_clips} clips at once{states}"
-    return _row("full", step_s, peak, params, _numel(trainable), _with_grad(vit.parameters()),
+    return _row("full", times, peak, params, _numel(trainable), _with_grad(vit.parameters()),
                 _nonzero_grad(vit.patch_embed.proj.weight), notes)
 
 
@@ -497,32 +523,107 @@ RUNNERS = {"frozen": _run_frozen, "losa": _run_losa, "adatad": _run_adatad, "ful
 # ---------------------------------------------------------------------------------------
 
 
-def run_bench(s: BenchSettings) -> list[dict]:
-    """Measure every method of `s.methods`, in order; one row per method (see `_row`)."""
+def _peak_rss_bytes() -> int | None:
+    """This process's peak resident set size so far (`ru_maxrss`: KiB on Linux, bytes on macOS)."""
+    if resource is None:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _gb(n_bytes: int | None) -> float | None:
+    return None if n_bytes is None else n_bytes / GB
+
+
+def _measure(s: BenchSettings, method: str) -> dict:
+    """One method's row, measured in the calling process, which must be fresh (`_method_process`)."""
+    torch.set_num_threads(s.threads)
+    for name in LAZY_IMPORTS:
+        importlib.import_module(name)
     clips = _random_clips(s)  # [N, 3, F, H, W], host memory
     target = _random_target(s, _head_config(s).num_classes)
-    rows = []
-    for method in s.methods:
-        _release(s.device)
-        try:
-            rows.append(RUNNERS[method](s, clips, target))
-        except torch.cuda.OutOfMemoryError:
-            rows.append(_oom_row(method))
-        _release(s.device)
-    floor = next((r["step_s"] for r in rows if r["method"] == "frozen" and r["status"] == "ok"), None)
-    for row in rows:
-        if floor and row["step_s"] is not None:
-            row["x_frozen"] = row["step_s"] / floor
+    cuda = s.device.type == "cuda"
+    base = torch.cuda.memory_allocated(s.device) if cuda else _peak_rss_bytes()
+    try:
+        row = RUNNERS[method](s, clips, target)
+    except torch.cuda.OutOfMemoryError:
+        row = _oom_row(method)
+    if not cuda and row["status"] == "ok":
+        row["peak_mem_gb"] = _gb(_peak_rss_bytes())
+    row.update(base_mem_gb=_gb(base), mem_measure=CUDA_MEASURE if cuda else CPU_MEASURE, pid=os.getpid(),
+               threads=torch.get_num_threads())
+    return row
+
+
+def _method_process(s: BenchSettings, method: str, conn) -> None:
+    """Entry point of a method's process: send back ("ok", row) or ("error", traceback)."""
+    try:
+        conn.send(("ok", _measure(s, method)))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def _process_context() -> multiprocessing.context.BaseContext:
+    """forkserver where there is one: its server imports torch and this module once, so a
+    method's process starts in well under a second where spawn would import torch anew
+    (seconds) for each; the server never initialises CUDA or a thread pool, which a forked
+    child could not use. spawn elsewhere (Windows)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__, *LAZY_IMPORTS])  # no effect once the server runs
+    return ctx
+
+
+def _run_in_own_process(s: BenchSettings, method: str) -> dict:
+    ctx = _process_context()
+    receive, send = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_method_process, args=(s, method, send), name=f"bench-losa-{method}")
+    process.start()
+    send.close()  # so that recv() sees EOF if the process dies without a word
+    try:
+        status, payload = receive.recv()
+    except EOFError:
+        process.join()
+        raise RuntimeError(
+            f"bench losa: the {method} process (pid {process.pid}) ended with exit code {process.exitcode} "
+            "without reporting; a negative code is the signal that ended it (-9 is usually the kernel's "
+            "out-of-memory killer)"
+        ) from None
+    finally:
+        receive.close()
+        process.join(timeout=60)
+        if process.is_alive():
+            process.terminate()
+            process.join()
+    if status == "error":
+        raise RuntimeError(f"bench losa: {method} failed in its process (pid {process.pid}):\n{payload}")
+    return payload
+
+
+def run_bench(s: BenchSettings) -> list[dict]:
+    """Measure every method of `s.methods`, in order, each in a fresh process; one row per method (see `_row`)."""
+    rows = [_run_in_own_process(s, method) for method in s.methods]
+    floor = next((r for r in rows if r["method"] == "frozen" and r["status"] == "ok"), None)
+    if floor is not None:
+        for row in rows:
+            if row["status"] == "ok":
+                row["x_frozen"] = row["step_s"] / floor["step_s"]
+                row["x_frozen_min"] = row["step_min_s"] / floor["step_min_s"]
     return rows
 
 
 def bench_losa(**kwargs) -> list[dict]:
-    """Peak memory and median step time of frozen / losa / adatad / full, batch 1.
+    """Peak memory and step times of frozen / losa / adatad / full, batch 1, each in its own process.
 
-    See the module docstring for what each method runs; `bench_settings` for the
-    arguments. Each row: method, status ("ok" or "OOM"), peak_mem_gb (None off CUDA),
-    step_s, x_frozen, trainable_params, params {backbone, adapters, head},
-    backbone_params_with_grad, grad_through_backbone, notes.
+    See the module docstring for what each method runs and what its figures contain;
+    `bench_settings` for the arguments. Each row: method, status ("ok" or "OOM"),
+    peak_mem_gb, base_mem_gb, mem_measure, step_s (median), step_min_s, step_max_s,
+    step_times_s, x_frozen (median-based), x_frozen_min, trainable_params,
+    params {backbone, adapters, head}, backbone_params_with_grad, grad_through_backbone,
+    pid, threads, notes.
     """
     return run_bench(bench_settings(**kwargs))
 
@@ -530,15 +631,18 @@ def bench_losa(**kwargs) -> list[dict]:
 def check_targets(rows: list[dict]) -> list[dict]:
     """The issue's two targets for the LoSA row: [{target, value, met}], [] without a LoSA row.
 
-    `met` is None when the value was not measured (peak memory off CUDA, or no frozen row).
+    `met` is None when the value was not measured: no frozen row, or peak memory not
+    measured on CUDA (a CPU peak RSS holds the Python and torch runtime and float32
+    weights; it says nothing about the CUDA target).
     """
     losa = next((r for r in rows if r["method"] == "losa"), None)
     if losa is None:
         return []
     oom = losa["status"] == "OOM"
+    peak = losa["peak_mem_gb"] if losa["mem_measure"] == CUDA_MEASURE else None
     checks = []
     for target, value, limit in (
-        (f"LoSA peak memory <= {TARGET_PEAK_GB:g} GB", losa["peak_mem_gb"], TARGET_PEAK_GB),
+        (f"LoSA peak memory <= {TARGET_PEAK_GB:g} GB", peak, TARGET_PEAK_GB),
         (f"LoSA step <= {TARGET_X_FROZEN:g} x frozen forward", losa["x_frozen"], TARGET_X_FROZEN),
     ):
         met = False if oom else (None if value is None else value <= limit)
@@ -555,15 +659,29 @@ def _count(n: int | None) -> str:
     return str(n)
 
 
+def _fixed(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def format_table(rows: list[dict]) -> str:
-    """The rows as a fixed-width text table."""
-    lines = [f"{'method':<8} {'peak GB':>8} {'step s':>8} {'x frozen':>8} {'trainable':>10}  notes"]
+    """The rows as a fixed-width text table: memory (peak, base before the model, own = peak - base,
+    in GB), step time (min / median / max s), the ratios to the frozen row, the process."""
+    lines = [f"{'method':<8} {'peak GB':>8} {'base GB':>8} {'own GB':>8} {'min s':>8} {'median s':>8} "
+             f"{'max s':>8} {'x frozen':>8} {'x min':>6} {'trainable':>10} {'pid':>7}  notes"]
     for r in rows:
         if r["status"] == "OOM":
-            peak, step = "OOM", "-"
+            peak, own = "OOM", "-"
         else:
-            peak = "n/a" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.2f}"
-            step = f"{r['step_s']:.3f}"
-        ratio = "-" if r["x_frozen"] is None else f"{r['x_frozen']:.2f}"
-        lines.append(f"{r['method']:<8} {peak:>8} {step:>8} {ratio:>8} {_count(r['trainable_params']):>10}  {r['notes']}")
+            peak = _fixed(r["peak_mem_gb"], 3)
+            measured = r["peak_mem_gb"] is not None and r["base_mem_gb"] is not None
+            own = _fixed(r["peak_mem_gb"] - r["base_mem_gb"] if measured else None, 3)
+        lines.append(
+            f"{r['method']:<8} {peak:>8} {_fixed(r['base_mem_gb'], 3):>8} {own:>8} {_fixed(r['step_min_s'], 4):>8} "
+            f"{_fixed(r['step_s'], 4):>8} {_fixed(r['step_max_s'], 4):>8} {_fixed(r['x_frozen'], 2):>8} "
+            f"{_fixed(r['x_frozen_min'], 2):>6} {_count(r['trainable_params']):>10} {r['pid'] or '-':>7}  {r['notes']}"
+        )
+    measures = sorted({r["mem_measure"] for r in rows if r.get("mem_measure")})
+    lines.append(f"memory: {' / '.join(measures) or 'not measured'} of each method's process, base = the same "
+                 "before the model is built, own = peak - base; x frozen = median / frozen median, "
+                 "x min = min / frozen min")
     return "\n".join(lines)

@@ -1,22 +1,44 @@
 """`e2etal` command line: each sub-command is a thin layer over the Python API.
 
-Every module in `COMMANDS` defines `register(subparsers)`, which adds its parser and sets
-`func` to a function taking the parsed arguments and returning an exit code.
+Every module in `COMMANDS` defines `register(subparsers)`, which adds its parser (with the
+one-line help of `COMMANDS`) and sets `func` to a function taking the parsed arguments and
+returning an exit code. Only the module of the command being run is imported, so that
+`e2etal eval` on files never imports PyTorch.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
 from e2etal import __version__
-from e2etal.cli import bench_cmd, demo_cmd, detect_cmd, eval_cmd, extract_cmd, synth_cmd, train_cmd
 
-COMMANDS = [demo_cmd, synth_cmd, train_cmd, eval_cmd, detect_cmd, extract_cmd, bench_cmd]
+# name -> (module in e2etal.cli, one-line help shown by `e2etal --help`)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo_cmd", "run the whole pipeline on synthetic video (7-8 minutes on 2 CPU cores)"),
+    "synth": ("synth_cmd", "write a synthetic world: untrimmed .mp4 videos with exact ground truth"),
+    "train": ("train_cmd", "train a detector from a config (pre-extracted features, or raw video with LoSA / head-only)"),
+    "eval": ("eval_cmd", "evaluate detections (mAP per tIoU) against ground truth"),
+    "detect": ("detect_cmd", "detect actions in one video (a video file, or its feature file)"),
+    "extract": ("extract_cmd", "extract backbone features of videos (one [T, C] .npy and .json sidecar per video)"),
+    "bench": ("bench_cmd", "measure memory and speed"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_help(name: str) -> str:
+    return COMMANDS[name][1]
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The sub-command named in `argv`: its first word that is not a global option."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser, with the full parser of the command `argv` names (every command's when
+    `argv` is None) and one-line entries for the others."""
     parser = argparse.ArgumentParser(
         prog="e2etal",
         description="End-to-end temporal action localization: train, evaluate and run TAL models.",
@@ -25,23 +47,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in COMMANDS:
-        module.register(sub)
+    chosen = None if argv is None else _command_in(argv)
+    for name, (module, help_text) in COMMANDS.items():
+        if argv is None or name == chosen:
+            importlib.import_module(f"e2etal.cli.{module}").register(sub)
+        else:
+            sub.add_parser(name, help=help_text)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, OSError, KeyError) as e:
         if args.verbose:
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        if isinstance(e, KeyError) and e.args:
+            msg = e.args[0]
+        elif isinstance(e, OSError) and e.filename and e.strerror:
+            msg = f"{e.filename}: {e.strerror}"
+        else:
+            msg = e
         print(f"e2etal {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

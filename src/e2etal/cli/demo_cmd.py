@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from e2etal.cli import command_help
+
 
 def register(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the whole pipeline on synthetic video (about 6 minutes on 2 CPU cores)",
+        help=command_help("demo"),
         description="Generate synthetic untrimmed videos with exact ground truth, pretrain a tiny video ViT on "
         "trimmed clips, train and evaluate head-only transfer and LoSA on the untrimmed videos, run detection "
         "on a held-out video and draw its timeline. Everything lands in --out, figures in report.json.",
@@ -21,6 +23,11 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from e2etal.demo import format_table, run_demo
+    from e2etal.engine.trainer import resolve_device
+    from e2etal.io import output_dir
+
+    resolve_device(args.device, "--device")
+    output_dir(args.out, "--out")
 
     report = run_demo(args.out, quick=args.quick, seed=args.seed, device=args.device, progress=not args.no_progress)
     print()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+from e2etal.cli import command_help
 from e2etal.metrics import ACTIVITYNET_TIOU, THUMOS14_TIOU, evaluate_files, parse_tiou
 
 PRESETS = {
@@ -17,7 +18,7 @@ PRESETS = {
 def register(sub) -> None:
     p = sub.add_parser(
         "eval",
-        help="evaluate detections (mAP per tIoU) against ground truth",
+        help=command_help("eval"),
         description="Mean average precision of detections in the ActivityNet results layout against "
         "ground truth (ActivityNet JSON, ActionFormer's THUMOS-14 JSON, or CSV), with the official "
         "ActivityNet semantics.",
@@ -27,7 +28,8 @@ def register(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="with a config: override a value (repeatable)")
     p.add_argument("--out", metavar="PRED.json", help="with --checkpoint: where to write the predictions "
-                   "(default: predictions_SUBSET.json beside the checkpoint directory)")
+                   "(default: predictions_CKPT_SUBSET.json beside the checkpoint directory, e.g. "
+                   "runs/x/predictions_best_test.json)")
     p.add_argument("--ground-truth", "-g", metavar="GT", help="annotation file (.json or .csv)")
     p.add_argument("--predictions", "-p", metavar="PRED", help="results JSON {'results': {video: [...]}}")
     p.add_argument("--subset", help="ground-truth subset to evaluate (case-insensitive; 'all' for every video); "
@@ -44,6 +46,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    if args.subset is not None and not args.subset.strip():
+        raise ValueError("--subset: expected a subset name (e.g. validation, test, or all), got an empty string")
     if args.checkpoint:
         result = _run_checkpoint(args)
     elif args.ground_truth and args.predictions:
@@ -64,14 +68,17 @@ def _run_checkpoint(args):
 
     from e2etal.data.predictions import save_predictions
     from e2etal.experiment import evaluate_checkpoint, experiment_config
+    from e2etal.io import output_file
 
     cfg = experiment_config(args.config or args.checkpoint, args.overrides)
     if args.tiou or args.dataset:
         cfg.eval.tiou = parse_tiou(args.tiou) if args.tiou else PRESETS[args.dataset][0]
     cfg.eval.keep_duplicates = cfg.eval.keep_duplicates or args.keep_duplicates
-    subset = args.subset or cfg.data.val_subset
+    subset = args.subset or cfg.val_subset
+    checkpoint = Path(args.checkpoint).resolve()
+    out = args.out or checkpoint.parent / f"predictions_{checkpoint.name}_{subset}.json"
+    out = output_file(out, "--out", create=False)
     result, detections = evaluate_checkpoint(args.checkpoint, cfg, subset=subset)
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"predictions_{subset}.json"
     save_predictions(out, detections)
     print(f"wrote {len(detections)} detections to {out}", file=sys.stderr)
     return result

@@ -6,6 +6,7 @@ import dataclasses
 import sys
 import time
 
+from e2etal.cli import command_help
 from e2etal.synthetic import CLASS_NAMES, WorldConfig, make_world, write_trimmed_clips
 
 _DEFAULTS = WorldConfig()
@@ -14,7 +15,7 @@ _DEFAULTS = WorldConfig()
 def register(sub) -> None:
     p = sub.add_parser(
         "synth",
-        help="write a synthetic world: untrimmed .mp4 videos with exact ground truth",
+        help=command_help("synth"),
         description="Procedurally generated untrimmed videos whose action classes differ only in "
         "motion over time, written as OUT/videos/*.mp4, OUT/annotations.json (ActivityNet layout, "
         "subsets training/validation) and OUT/world.json. Same seed, same videos. Classes, in "
@@ -94,7 +95,10 @@ def config_from_args(args) -> WorldConfig:
 
 
 def run(args) -> int:
+    from e2etal.io import output_dir
+
     cfg = config_from_args(args)
+    output_dir(args.out, "--out")
     began = time.perf_counter()
     out = make_world(args.out, cfg, seed=args.seed, progress=not args.quiet)
     if args.clips:

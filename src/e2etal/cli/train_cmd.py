@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from e2etal.cli import command_help
 from e2etal.config import load_config
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train a detector from a config",
-        description="Train the TAL head on pre-extracted features (see configs/). Checkpoints "
-        "(last/, best/), metrics.csv and TensorBoard logs go to the config's out_dir.",
+        help=command_help("train"),
+        description="Train a detector from a YAML config (see configs/): the ActionFormer-style head on "
+        "pre-extracted features (method: features), or end to end on raw video beside a frozen backbone "
+        "(method: losa, LoSA adapters; method: head_only, head-only transfer). Checkpoints (last/, best/), "
+        "metrics.csv and TensorBoard logs go to the config's out_dir; --resume continues a stopped run.",
     )
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=10 (repeatable)")
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint directory, e.g. OUT_DIR/last")
     p.add_argument("--out-dir", help="shorthand for --set out_dir=...")
+    p.add_argument("--device", help="shorthand for --set train.device=... (auto, cpu, cuda, cuda:N)")
     p.set_defaults(func=run)
 
 
@@ -24,8 +28,16 @@ def run(args) -> int:
     from e2etal.experiment import ExperimentConfig, train
 
     overrides = list(args.overrides) + ([f"out_dir={args.out_dir}"] if args.out_dir else [])
+    overrides += [f"train.device={args.device}"] if args.device else []
     cfg = load_config(ExperimentConfig, args.config, overrides)
     result = train(cfg, resume=args.resume)
     best = f", best average mAP {100 * result.best_metric:.2f} at epoch {result.best_epoch}" if result.best_metric is not None else ""
-    print(f"trained {result.epochs_run} epochs in {result.seconds:.1f} s{best}; checkpoints in {result.out_dir}")
+    if result.epochs_run == 0:
+        ran = f"nothing to train: {args.resume} had finished all {result.epochs_done} epochs"
+    elif result.first_epoch > 1:
+        ran = (f"resumed after epoch {result.first_epoch - 1} and trained epochs {result.first_epoch}-{result.epochs_done} "
+               f"({result.epochs_run}) in {result.seconds:.1f} s")
+    else:
+        ran = f"trained {result.epochs_run} epochs in {result.seconds:.1f} s"
+    print(f"{ran}{best}; checkpoints in {result.out_dir}")
     return 0

@@ -358,6 +358,8 @@ def load_annotations(path: str | Path) -> Annotations:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such annotation file")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; expected an annotation file (.json or .csv)")
     if path.suffix.lower() == ".csv":
         return parse_csv(path)
     return parse_database(io.read_json(path), str(path))

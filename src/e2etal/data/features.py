@@ -95,11 +95,15 @@ def feature_grid(cfg: FeatureDataConfig, video: VideoAnnotation, source: str = "
     return FeatureGrid(offset_s=offset / fps, step_s=cfg.stride_frames / fps)
 
 
-def load_feature_file(path: Path, video_id: str, feature_dim: int | None, header_only: bool = False) -> np.ndarray:
-    """Read one `[T, C]` array (`.npy`), checking shape and values; `header_only` maps the
-    file instead of reading it, to check the shape of many files quickly."""
+_CHECK_ROWS = 4096  # rows of a mapped feature file checked for NaN / infinity at a time
+
+
+def load_feature_file(path: Path, video_id: str, feature_dim: int | None, mapped: bool = False) -> np.ndarray:
+    """Read one `[T, C]` array (`.npy`), checking shape, dtype and that every value is
+    finite. `mapped` maps the file instead of reading it into memory and checks its values
+    a block of rows at a time: how a dataset checks many files before training starts."""
     try:
-        feats = np.load(path, allow_pickle=False, mmap_mode="r" if header_only else None)
+        feats = np.load(path, allow_pickle=False, mmap_mode="r" if mapped else None)
     except FileNotFoundError:
         raise ValueError(f"{path}: feature file of video {video_id!r} not found") from None
     except (ValueError, OSError) as e:
@@ -110,10 +114,13 @@ def load_feature_file(path: Path, video_id: str, feature_dim: int | None, header
         raise ValueError(f"{path}: video {video_id!r}: expected {feature_dim} channels (data.feature_dim), got {feats.shape[1]}")
     if not np.issubdtype(feats.dtype, np.floating):
         raise ValueError(f"{path}: video {video_id!r}: expected floating-point features, got {feats.dtype}")
-    if header_only:
+    for start in range(0, feats.shape[0], _CHECK_ROWS):
+        finite = np.isfinite(feats[start : start + _CHECK_ROWS]).all(axis=1)
+        if not finite.all():
+            row = start + int(np.argmin(finite))
+            raise ValueError(f"{path}: video {video_id!r}: features contain NaN or infinity (first at step {row})")
+    if mapped:
         return feats
-    if not np.isfinite(feats).all():
-        raise ValueError(f"{path}: video {video_id!r}: features contain NaN or infinity")
     return feats.astype(np.float32, copy=False)
 
 
@@ -152,9 +159,10 @@ class FeatureBatch:
 class FeatureDataset(torch.utils.data.Dataset):
     """Videos of one subset with their features and ground truth in feature coordinates.
 
-    Every feature file is checked when the dataset is built, so a missing or malformed
-    file is reported (all of them at once) before training starts, not mid-epoch; with
-    `skip_missing` such videos are left out with a warning instead.
+    Every feature file is checked when the dataset is built (shape, dtype, and that every
+    value is finite), so a missing or malformed file is reported (all of them at once)
+    before training starts, not mid-epoch; with `skip_missing` such videos are left out
+    with a warning instead.
 
     `training=True` clips ground truth to the video's duration and crops sequences longer
     than `max_seq_len` at random (reproducibly: the crop depends on the seed, the epoch
@@ -177,7 +185,7 @@ class FeatureDataset(torch.utils.data.Dataset):
         for vid in sorted(gt.videos):
             path = feature_path(cfg, vid)
             try:
-                feats = load_feature_file(path, vid, feature_dim, header_only=True)
+                feats = load_feature_file(path, vid, feature_dim, mapped=True)
             except ValueError as e:
                 problems.append(str(e))
                 continue

@@ -51,6 +51,7 @@ __all__ = [
     "normalize_clip",
     "probe_video",
     "read_frames",
+    "read_frames_at",
     "to_clips",
 ]
 
@@ -341,10 +342,7 @@ def iter_frames(
             if out_hw is None:
                 out_hw = _output_hw(item.frame.height, item.frame.width, size)
             if last is None or last[0] is not item.frame:
-                rgb = item.frame.to_ndarray(
-                    format="rgb24", height=out_hw[0], width=out_hw[1], interpolation="BILINEAR"
-                )  # [H, W, 3]
-                last = (item.frame, rgb)
+                last = (item.frame, _to_rgb(item.frame, out_hw))
             arrays.append(last[1])
             times_s.append(time_s)
             if len(arrays) == chunk_frames:
@@ -355,6 +353,68 @@ def iter_frames(
     finally:
         selected.close()
         decoded.close()
+
+
+# A target further ahead of the decoder than this is reached by seeking (to the keyframe
+# before it) rather than by decoding every frame in between.
+SEEK_AHEAD_S = 2.0
+
+
+def _to_rgb(frame: av.VideoFrame, out_hw: tuple[int, int]) -> np.ndarray:
+    return frame.to_ndarray(format="rgb24", height=out_hw[0], width=out_hw[1], interpolation="BILINEAR")  # [H, W, 3]
+
+
+def read_frames_at(
+    path: str | os.PathLike,
+    times_s: Sequence[float],
+    size: int | tuple[int, int] | None = None,
+    threads: int = 0,
+) -> torch.Tensor:
+    """The frames shown at `times_s` (seconds, non-decreasing): uint8 `[N, H, W, 3]`.
+
+    Each time takes the latest frame at or before it (the first frame before the first,
+    the last after the end), the sample-and-hold rule of resampling (module docstring).
+    Sparse times are cheap: the decoder seeks to the keyframe before a time that is more
+    than `SEEK_AHEAD_S` ahead of it, and only the frames returned are converted to RGB
+    (and resized, as `iter_frames` does), each once however many times it is returned.
+    """
+    path = Path(path)
+    times = [float(t) for t in times_s]
+    if any(t < 0 or not math.isfinite(t) for t in times):
+        raise ValueError(f"{path}: times_s must be finite and >= 0")
+    if any(b < a for a, b in zip(times, times[1:])):
+        raise ValueError(f"{path}: times_s must be in non-decreasing order")
+    decoded: Iterator[_Decoded] | None = None
+    held: _Decoded | None = None  # the latest frame at or before the current time
+    ahead: _Decoded | None = None  # the frame after it, decoded but not yet reached
+    out_hw: tuple[int, int] | None = None
+    last: tuple[av.VideoFrame, np.ndarray] | None = None
+    arrays: list[np.ndarray] = []
+    try:
+        for t in times:
+            if decoded is None or (ahead is not None and t - ahead.time_s > SEEK_AHEAD_S):
+                if decoded is not None:
+                    decoded.close()
+                decoded = _timed_frames(path, t, threads)
+                held, ahead = None, next(decoded, None)
+            while ahead is not None and ahead.time_s <= t + ahead.tolerance_s:
+                held, ahead = ahead, next(decoded, None)
+            frame = held if held is not None else ahead
+            if frame is None:
+                raise VideoError(path, "zero-length video: no decodable video frames")
+            if out_hw is None:
+                out_hw = _output_hw(frame.frame.height, frame.frame.width, size)
+            if last is None or last[0] is not frame.frame:
+                last = (frame.frame, _to_rgb(frame.frame, out_hw))
+            arrays.append(last[1])
+    finally:
+        if decoded is not None:
+            decoded.close()
+    if not arrays:
+        with _open_video(path) as (_, stream):
+            out_h, out_w = _output_hw(stream.codec_context.height, stream.codec_context.width, size)
+        return torch.empty((0, out_h, out_w, 3), dtype=torch.uint8)
+    return torch.from_numpy(np.stack(arrays))
 
 
 def read_frames(
@@ -396,6 +456,10 @@ class ClipSampler:
     (`range(0, num_frames - 15, 4)` for 16-frame clips every 4 frames); a video whose tail
     is not covered by those gets one more, padded clip.
 
+    With `cover_tail=False` only the windows that fit entirely are kept, exactly those
+    official starts (`range(0, num_frames - window_frames + 1, stride_frames)`): the tail is
+    dropped and a video shorter than one window has no clip.
+
     Feature i stands for the centre of its window (ActionFormer's convention, `offset =
     clip_frames / 2` frames): `(i * stride_frames + clip_frames * frame_interval / 2) / fps`.
     """
@@ -403,6 +467,7 @@ class ClipSampler:
     clip_frames: int = 16
     stride_frames: int = 4
     frame_interval: int = 1
+    cover_tail: bool = True
 
     def __post_init__(self) -> None:
         for name in ("clip_frames", "stride_frames", "frame_interval"):
@@ -417,6 +482,8 @@ class ClipSampler:
     def num_clips(self, num_frames: int) -> int:
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if not self.cover_tail:
+            return max(0, (num_frames - self.window_frames) // self.stride_frames + 1)
         uncovered = max(0, num_frames - self.window_frames)
         return 1 + -(-uncovered // self.stride_frames)
 

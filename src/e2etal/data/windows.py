@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from torch import Tensor
 from e2etal.data.annotations import Annotations, ClassMap, VideoAnnotation
 from e2etal.data.crop import crop_segments, epoch_generator, random_window_start
 from e2etal.data.features import FeatureGrid
-from e2etal.data.video import ClipSampler, VideoError, probe_video, read_frames, to_clips
+from e2etal.data.video import ClipSampler, VideoError, iter_frames, probe_video, read_frames, to_clips
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ class VideoDataConfig:
     val_subset: str = "validation"
     fps: float = 30.0  # decode rate (frames are resampled to it)
     size: int = 224  # frames are resized to size x size (no crop, as VideoMAEv2's TAD code)
-    # Per-channel normalisation on the [0, 1] scale; None = none, as VideoMAEv2's TAD code.
-    # Use the values the backbone was pretrained with.
+    # Per-channel normalisation on the [0, 1] scale. None = the backbone's own: none for a
+    # VideoMAE / VideoMAEv2 ViT (as their TAD code), ImageNet's for a TSM-ResNet.
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     clip_frames: int = 16
@@ -196,6 +197,9 @@ class VideoWindows(torch.utils.data.Dataset):
             duration = video.duration_s if video.duration_s is not None else info.duration_s
             self.videos[vid] = video if video.duration_s is not None else VideoAnnotation(vid, video.subset, duration, video.fps, video.instances)
             self.num_frames[vid] = max(1, int(math.floor(min(duration, info.duration_s) * cfg.fps + 1e-6)))
+            if cfg.resize_frames is None and self.num_frames[vid] < cfg.clip_frames:
+                log.warning("%s: video %r has %d frame(s) at %g fps, fewer than one clip of %d; its clip is padded "
+                            "by repeating the last frame", path, vid, self.num_frames[vid], cfg.fps, cfg.clip_frames)
         if problems:
             listing = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
             if not cfg.skip_missing:
@@ -289,14 +293,17 @@ class VideoWindows(torch.utils.data.Dataset):
             raise VideoError(path, f"no frame decoded between {start / cfg.fps:.2f} s and {end / cfg.fps:.2f} s")
         return frames
 
-    def video_clips(self, video_id: str, chunk_clips: int = 32):
-        """All clips of a whole video, `chunk_clips` at a time: [n, 3, F, H, W] chunks in
-        order (the tap cache's input)."""
+    def open_video(self, video_id: str) -> tuple[float, Iterator[Tensor]]:
+        """A whole video's frames for a `ClipStream` (the tap cache's input): the frame rate
+        and uint8 chunks `[K, size, size, 3]`, the frames a window reads (`read_frames`)
+        for the whole video, in order."""
         cfg = self.cfg
-        total = cfg.resize_frames or self.num_frames[video_id]
-        step = chunk_clips * cfg.clip_frames
-        for start in range(0, total, step):
-            yield to_clips(self.read_frames(video_id, start, min(start + step, total)), self.sampler, cfg.mean, cfg.std)
+        if cfg.resize_frames is not None:
+            frames = self.read_frames(video_id, 0, cfg.resize_frames)
+            return cfg.resize_frames / self.videos[video_id].duration_s, iter([frames])
+        path = cfg.video_path(video_id)
+        stream = iter_frames(path, fps=cfg.fps, size=(cfg.size, cfg.size), end_s=self.num_frames[video_id] / cfg.fps)
+        return cfg.fps, _frame_chunks(stream)
 
     def _augment(self, clips: Tensor, gen: torch.Generator) -> Tensor:
         """The same random square crop (side >= crop_scale) resized back, and horizontal
@@ -314,3 +321,12 @@ class VideoWindows(torch.utils.data.Dataset):
             x = x.flip(-1)
         return x.contiguous()
 
+
+
+def _frame_chunks(stream: Iterator[tuple[Tensor, np.ndarray]]) -> Iterator[Tensor]:
+    """The frame chunks of an `iter_frames` stream, closing it when closed."""
+    try:
+        for chunk, _ in stream:
+            yield chunk
+    finally:
+        stream.close()

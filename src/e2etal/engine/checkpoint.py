@@ -25,7 +25,6 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from e2etal.adapters.losa import LoSAConfig
 from e2etal.data.annotations import ClassMap
 
 MODEL_FILE = "model.safetensors"
@@ -50,21 +49,30 @@ class Checkpoint:
         return self.ema if self.ema is not None else self.model
 
 
-def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Load trained weights; keys under the model's `frozen_prefixes` (a frozen backbone,
-    loaded from its own checkpoint) are expected to be absent. Anything else missing or
-    unexpected is an error naming the checkpoint and the keys."""
+def weight_mismatches(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps `state` from loading into `model`, one short line per kind (tensors of
+    another shape, missing keys, unexpected keys; a few names of each); empty when it
+    fits. Keys under the model's `frozen_prefixes` (a frozen backbone, loaded from its own
+    checkpoint) are expected to be absent."""
     frozen = tuple(getattr(model, "frozen_prefixes", ()))
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # a tensor of another shape
-        raise ValueError(f"{source}: weights do not fit the model built from its config: {e}") from None
-    missing = [k for k in result.missing_keys if not (frozen and k.startswith(frozen))]
-    if missing or result.unexpected_keys:
-        raise ValueError(
-            f"{source}: weights do not fit the model built from its config: "
-            f"missing {missing[:10]} ({len(missing)}), unexpected {result.unexpected_keys[:10]} ({len(result.unexpected_keys)})"
-        )
+    own = model.state_dict()
+    kinds = {
+        "of another shape": [f"{k} {list(v.shape)} (model: {list(own[k].shape)})"
+                             for k, v in state.items() if k in own and own[k].shape != v.shape],
+        "missing": [k for k in own if k not in state and not (frozen and k.startswith(frozen))],
+        "unexpected": [k for k in state if k not in own],
+    }
+    return [f"{len(names)} {kind}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+            for kind, names in kinds.items() if names]
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load trained weights (see `weight_mismatches`); when they do not fit, one error
+    naming the checkpoint and what differs."""
+    problems = weight_mismatches(model, state)
+    if problems:
+        raise ValueError(f"{source}: weights do not fit the model built from its config ({'; '.join(problems)})")
+    model.load_state_dict(state, strict=False)
 
 
 def _tensors(module_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -101,33 +109,6 @@ def save_checkpoint(
     return path
 
 
-def _with_past_defaults(config: dict) -> dict:
-    """A saved config with the defaults of the version that wrote it, where a later version
-    changed them: a `losa` section without `short_conv_kernel` comes from before that
-    setting existed, when the short-range conv spanned 3 positions."""
-    losa = config.get("losa")
-    if isinstance(losa, dict) and "short_conv_kernel" not in losa:
-        losa["short_conv_kernel"] = 3
-    return config
-
-
-def _weights_with_past_defaults(weights: dict[str, torch.Tensor] | None, config: dict) -> dict[str, torch.Tensor] | None:
-    """Weights with the parameters a later version added, at the values that leave the
-    model as it was: a LoSA fusion without `layout` (the linear read of the last layer's
-    grid) comes from before it existed, which is the same as a layout read of zeros."""
-    if weights is None:
-        return None
-    losa = config.get("losa")
-    cells = int((losa if isinstance(losa, dict) else {}).get("grid", LoSAConfig.grid)) ** 2
-    for key in [k for k in weights if k.endswith("fusion.scale")]:
-        prefix = key[: -len("scale")]
-        if prefix + "layout.weight" not in weights:
-            dim = weights[key].shape[0]
-            weights[prefix + "layout.weight"] = torch.zeros(dim, cells * dim, dtype=weights[key].dtype)
-            weights[prefix + "layout.bias"] = torch.zeros(dim, dtype=weights[key].dtype)
-    return weights
-
-
 def load_checkpoint(path: str | Path, with_state: bool = True) -> Checkpoint:
     """Load a checkpoint directory (or its `model.safetensors`); nothing in it can run code."""
     path = Path(path)
@@ -143,10 +124,9 @@ def load_checkpoint(path: str | Path, with_state: bool = True) -> Checkpoint:
         state = None
         if with_state and (path / STATE_FILE).exists():
             state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-        config = _with_past_defaults(yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8")) or {})
+        config = yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8")) or {}
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{path}: incomplete checkpoint ({e.filename} missing)") from None
     except Exception as e:  # safetensors / torch / yaml each raise their own types
         raise ValueError(f"{path}: cannot read checkpoint: {e}") from None
-    model, ema = _weights_with_past_defaults(model, config), _weights_with_past_defaults(ema, config)
     return Checkpoint(path, model, ema, state, config, ClassMap.load(path / CLASSES_FILE))

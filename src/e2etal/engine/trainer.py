@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from e2etal import io
 from e2etal.config import config_changes
 from e2etal.data.annotations import ClassMap
-from e2etal.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from e2etal.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint, weight_mismatches
 from e2etal.engine.ema import ModelEMA, trainable_state
 from e2etal.engine.schedule import warmup_cosine
 
@@ -58,17 +58,32 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     out_dir: Path
-    epochs_run: int
+    epochs_run: int  # by this call: 0 when resuming a finished run
+    first_epoch: int  # 1-based number of the first epoch this call ran (epochs_done + 1 on resume)
+    epochs_done: int  # of the run, including those before a resume
     last_metrics: dict = field(default_factory=dict)
     best_metric: float | None = None
     best_epoch: int | None = None
     seconds: float = 0.0
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, what: str = "device") -> torch.device:
+    """"auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N"; a device that
+    is not there is a ValueError naming `what` (the option or config key)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{what}: {name!r} is not a device; expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{what}: {name!r} asked for, but CUDA is not available here; use auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{what}: {name!r} asked for, but there are {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"{what}: {name!r} is not supported; expected auto, cpu, cuda or cuda:N")
+    return device
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -126,7 +141,7 @@ class Trainer:
         evaluate: Callable[[nn.Module], dict] | None = None,
     ):
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, "train.device")
         self.model = model.to(self.device)
         self.train_set = train_set
         self.collate = collate
@@ -168,14 +183,18 @@ class Trainer:
         ckpt = load_checkpoint(path)
         if ckpt.state is None:
             raise ValueError(f"{ckpt.path}: has no training state to resume from")
-        try:
-            load_weights(self.model, ckpt.model, ckpt.path)
-        except ValueError as e:
+
+        def does_not_fit(what: str, detail: str) -> ValueError:
             changes = config_changes(ckpt.config, self.config_dict)
-            if not changes:
-                raise
-            raise ValueError(f"{e}\nThe checkpoint's config.yaml differs from this run's config in "
-                             f"{'; '.join(changes)} (set the model's entries as they were with --set KEY=VALUE)") from None
+            differ = (f"\nentries of this run's config that differ from the checkpoint's config.yaml: "
+                      f"{'; '.join(changes)}\n(set them back with --set KEY=VALUE, or train into a new out_dir)"
+                      if changes else "")
+            return ValueError(f"{ckpt.path}: cannot resume: {what} this model ({detail}){differ}")
+
+        problems = weight_mismatches(self.model, ckpt.model)
+        if problems:
+            raise does_not_fit("its weights do not fit", "; ".join(problems))
+        load_weights(self.model, ckpt.model, ckpt.path)
         if self.ema is not None:
             if ckpt.ema is None:
                 raise ValueError(f"{ckpt.path}: has no EMA weights but train.ema_decay is set")
@@ -183,9 +202,7 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(ckpt.state["optimizer"])
         except ValueError as e:  # the model has parameters the saved optimizer never saw
-            raise ValueError(f"{ckpt.path}: its optimizer state does not fit this model ({e}); if the "
-                             f"checkpoint comes from an older version (one without LoSA's layout read), it "
-                             f"loads for evaluation and detection but cannot be resumed") from None
+            raise does_not_fit("its optimizer state does not fit", str(e)) from None
         self.scheduler.load_state_dict(ckpt.state["scheduler"])
         self.epoch = int(ckpt.state["epoch"])
         self.best_metric = ckpt.state["best_metric"]
@@ -251,6 +268,7 @@ class Trainer:
         if resume is not None:
             self.resume(resume)
         metrics_log = MetricsLog(self.out_dir, self.cfg.tensorboard)
+        first_epoch = self.epoch + 1
         row: dict = {}
         while self.epoch < self.cfg.epochs:
             epoch = self.epoch
@@ -274,4 +292,5 @@ class Trainer:
             self.save("last")
             if self.cfg.checkpoint_every and self.epoch % self.cfg.checkpoint_every == 0:
                 self.save(f"epoch_{self.epoch:04d}")
-        return TrainResult(self.out_dir, self.epoch, row, self.best_metric, self.best_epoch, time.perf_counter() - start)
+        return TrainResult(self.out_dir, self.epoch - first_epoch + 1, first_epoch, self.epoch, row, self.best_metric,
+                           self.best_epoch, time.perf_counter() - start)

@@ -10,8 +10,9 @@ every level ─ shared classification tower ─ logits  [B, T_l, K]
 Each step of each level is a point (heads.targets.make_points) that predicts, per
 class, whether an action contains it, and the distances from it to that action's start
 and end in units of its level's stride. Target assignment and the losses are the pure
-functions of heads.targets; suppression is e2etal.postprocess. Segments going in and
-coming out are in input feature steps; seconds are someone else's business.
+functions of heads.targets; `decode` turns outputs into candidate segments, and
+suppression is e2etal.postprocess, run by the caller once per video. Segments going in
+and coming out are in input feature steps; seconds are someone else's business.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ from torch import Tensor, nn
 
 from e2etal.heads.config import HeadConfig
 from e2etal.heads.targets import assign_targets, diou_loss_1d, make_points, sigmoid_focal_loss
-from e2etal.heads.transformer import LayerNorm1d, MaskedConv1d, TransformerBlock
-from e2etal.postprocess import postprocess
+from e2etal.heads.transformer import SameConv1d, TransformerBlock
 
 
 @dataclass
@@ -55,19 +55,20 @@ def padded_length(length: int, cfg: HeadConfig) -> int:
 
 class Scale(nn.Module):
     """A learnable scalar, one per level, so the shared regression tower can output
-    offsets of the same magnitude at every level."""
+    offsets of the same magnitude at every level (applied in ActionFormerHead.forward,
+    all levels at once)."""
 
     def __init__(self, init: float = 1.0) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.tensor(float(init)))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.scale
-
 
 class PyramidEncoder(nn.Module):
     """Embedding convs, stem blocks at full resolution, then one stride-2 block per
-    further level; every level's output is LayerNorm-ed (ActionFormer's identity FPN)."""
+    further level; every level's output is LayerNorm-ed (ActionFormer's identity FPN).
+
+    Channels-first in (the features, read in place as a transposed matrix), channels-last
+    from there on (see heads.transformer)."""
 
     def __init__(self, cfg: HeadConfig) -> None:
         super().__init__()
@@ -76,8 +77,8 @@ class PyramidEncoder(nn.Module):
         self.embed_norms = nn.ModuleList()
         for layer in range(cfg.embed_layers):
             in_dim = cfg.input_dim if layer == 0 else dim
-            self.embed_convs.append(MaskedConv1d(in_dim, dim, cfg.embed_kernel_size, bias=False))
-            self.embed_norms.append(LayerNorm1d(dim))
+            self.embed_convs.append(SameConv1d(in_dim, dim, cfg.embed_kernel_size, bias=False))
+            self.embed_norms.append(nn.LayerNorm(dim))
         if cfg.embed_layers == 0 and cfg.input_dim != dim:
             raise ValueError(f"HeadConfig: embed_layers = 0 needs input_dim == embed_dim, got {cfg.input_dim} and {dim}")
 
@@ -95,15 +96,20 @@ class PyramidEncoder(nn.Module):
 
         self.stem = nn.ModuleList(block(1) for _ in range(cfg.stem_layers))
         self.branch = nn.ModuleList(block(2) for _ in range(cfg.branch_layers))
-        self.level_norms = nn.ModuleList(LayerNorm1d(dim) for _ in range(cfg.num_levels))
+        self.level_norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(cfg.num_levels))
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        # x: [B, C_in, T], mask: [B, T] -> per level [B, D, T_l], [B, T_l]
-        # Whatever the padding holds, it must read as zero, like a conv's own padding.
-        x = x * mask[:, None, :].to(x.dtype)
-        for conv, norm in zip(self.embed_convs, self.embed_norms):
-            x, _ = conv(x, mask)
-            x = F.relu(norm(x)) * mask[:, None, :].to(x.dtype)
+        # x: [B, C_in, T], mask: [B, T] -> per level [B, T_l, D] (padded steps: finite,
+        # unspecified), [B, T_l]
+        # Whatever the padding holds, it must read as zero, like a conv's own padding
+        # (torch.where, unlike a product with the mask, also clears NaN and inf).
+        x = torch.where(mask[:, None, :], x, 0.0).transpose(1, 2)  # [B, T, C_in], a view
+        pad = ~mask[:, :, None]  # [B, T, 1]
+        for layer, (conv, norm) in enumerate(zip(self.embed_convs, self.embed_norms)):
+            x = norm(conv(x))  # [B, T, D]
+            if layer + 1 < len(self.embed_convs):  # the blocks zero their own inputs' padding
+                x = x.masked_fill_(pad, 0.0)
+            x = x.relu_()  # in place, see PredictionTower.forward
         for blk in self.stem:
             x, mask = blk(x, mask)
         feats, masks = [x], [mask]
@@ -111,28 +117,30 @@ class PyramidEncoder(nn.Module):
             x, mask = blk(x, mask)
             feats.append(x)
             masks.append(mask)
-        feats = [norm(f) * m[:, None, :].to(f.dtype) for norm, f, m in zip(self.level_norms, feats, masks)]
-        return feats, masks
+        return [norm(f) for norm, f in zip(self.level_norms, feats)], masks
 
 
 class PredictionTower(nn.Module):
-    """(layers - 1) x [conv + LayerNorm + ReLU], then a conv to `out_dim`; shared by all levels."""
+    """(layers - 1) x [conv + LayerNorm + ReLU], then a conv to `out_dim`; shared by all
+    levels, which ActionFormerHead.forward passes through it at once."""
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, layers: int, kernel_size: int) -> None:
         super().__init__()
         self.convs = nn.ModuleList()
         self.norms = nn.ModuleList()
         for layer in range(layers - 1):
-            self.convs.append(MaskedConv1d(in_dim if layer == 0 else hidden_dim, hidden_dim, kernel_size, bias=False))
-            self.norms.append(LayerNorm1d(hidden_dim))
-        self.out = MaskedConv1d(hidden_dim if layers > 1 else in_dim, out_dim, kernel_size)
+            self.convs.append(SameConv1d(in_dim if layer == 0 else hidden_dim, hidden_dim, kernel_size, bias=False))
+            self.norms.append(nn.LayerNorm(hidden_dim))
+        self.out = SameConv1d(hidden_dim if layers > 1 else in_dim, out_dim, kernel_size)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        # x: [B, D, T_l], mask: [B, T_l] -> [B, out_dim, T_l]
+        # x: [B, T, D] (zero at padding), mask: [B, T] -> [B, T, out_dim], zero at padding
+        # Masks and ReLUs in place: neither LayerNorm's backward nor the convolutions' read
+        # their outputs, and on CPU a fresh tensor costs page faults on top of its pass.
+        pad = ~mask[:, :, None]  # [B, T, 1]
         for conv, norm in zip(self.convs, self.norms):
-            x, _ = conv(x, mask)
-            x = F.relu(norm(x)) * mask[:, None, :].to(x.dtype)
-        return self.out(x, mask)[0]
+            x = norm(conv(x)).masked_fill_(pad, 0.0).relu_()  # [B, T, hidden]
+        return self.out(x).masked_fill_(pad, 0.0)
 
 
 class ActionFormerHead(nn.Module):
@@ -150,7 +158,7 @@ class ActionFormerHead(nn.Module):
 
     def _init_weights(self) -> None:
         for module in self.modules():
-            if isinstance(module, nn.Conv1d) and module.bias is not None:
+            if isinstance(module, (nn.Conv1d, nn.Linear)) and module.bias is not None:
                 nn.init.zeros_(module.bias)
         # Start every class at probability prior_prob: with ~all points negative, a 0.5
         # start would make the first steps' focal loss huge and unstable (RetinaNet).
@@ -172,12 +180,25 @@ class ActionFormerHead(nn.Module):
                 f"ActionFormerHead: mask must be bool [B, T] = {[features.shape[0], features.shape[2]]}, "
                 f"got {mask.dtype} {list(mask.shape)}"
             )
-        feats, masks = self.encoder(features, mask)  # per level [B, D, T_l], [B, T_l]
-        cls_logits, offsets = [], []
-        for level, (x, m) in enumerate(zip(feats, masks)):
-            cls_logits.append(self.cls_tower(x, m).transpose(1, 2))  # [B, T_l, K]
-            offsets.append(F.relu(self.reg_scales[level](self.reg_tower(x, m))).transpose(1, 2))  # [B, T_l, 2]
-        lengths = [m.shape[1] for m in masks]
+        feats, masks = self.encoder(features, mask)  # per level [B, T_l, D], [B, T_l]
+        # The towers take every level of every video in one pass, as one sequence: level
+        # by level, video by video, each followed by head_kernel_size // 2 padded steps,
+        # which a kernel reads exactly as it reads a sequence's own zero padding.
+        batch, lengths = features.shape[0], [m.shape[1] for m in masks]
+        gap = cfg.head_kernel_size // 2
+        gap_x, gap_m = feats[0].new_zeros(gap, feats[0].shape[2]), masks[0].new_zeros(gap)
+        valid = torch.cat([t for m in masks for b in range(batch) for t in (m[b], gap_m)])  # [R]
+        x = torch.cat([t for f in feats for b in range(batch) for t in (f[b], gap_x)])  # [R, D]
+        x = x.masked_fill_(~valid[:, None], 0.0)[None]  # [1, R, D]
+        scale = torch.cat([s.scale.expand(batch * (n + gap)) for s, n in zip(self.reg_scales, lengths)])  # [R]
+        cls_all = self.cls_tower(x, valid[None])[0]  # [R, K]
+        offsets_all = F.relu(self.reg_tower(x, valid[None])[0] * scale[:, None])  # [R, 2]
+        cls_logits, offsets, start = [], [], 0
+        for n in lengths:
+            rows = slice(start, start + batch * (n + gap))
+            cls_logits.append(cls_all[rows].view(batch, n + gap, -1)[:, :n])  # [B, T_l, K]
+            offsets.append(offsets_all[rows].view(batch, n + gap, 2)[:, :n])  # [B, T_l, 2]
+            start = rows.stop
         points = make_points(lengths, cfg.strides, cfg.regression_ranges, device=features.device).split(lengths)
         return HeadOutput(cls_logits=cls_logits, offsets=offsets, masks=masks, points=list(points))
 
@@ -232,32 +253,26 @@ class ActionFormerHead(nn.Module):
         return {"cls": cls_loss, "reg": reg_loss, "loss": cls_loss + cfg.reg_loss_weight * reg_loss}
 
     @torch.no_grad()
-    def predict(
-        self,
-        out: HeadOutput,
-        durations_feat: list[float] | None = None,  # per video, valid length in feature steps
-    ) -> list[tuple[Tensor, Tensor, Tensor]]:  # per video: segments [M, 2] (feature steps), scores [M], labels [M]
-        """Decode every level's points to scored segments and post-process them per video.
+    def decode(self, out: HeadOutput) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Every video's candidate segments, not yet suppressed: per video segments [M, 2]
+        (input feature steps), scores [M], labels [M].
 
-        Per level, as ActionFormer: every (point, class) with sigmoid probability >=
-        postprocess.pre_nms_threshold, at most postprocess.pre_nms_topk of them, decoded
-        as (t - left * stride, t + right * stride); segments not longer than
-        cfg.min_segment_length are dropped. The levels' candidates then go through
-        e2etal.postprocess (clipped to [0, durations_feat[i]] when given). Results come
-        best score first."""
+        Per level, as ActionFormer's `inference_single_video`: every (point, class) whose
+        sigmoid probability exceeds cfg.pre_nms_threshold, at most cfg.pre_nms_topk of
+        them (best first), decoded as (t - left * stride, t + right * stride); segments
+        not longer than cfg.min_segment_length are dropped. Suppression is a separate
+        step (e2etal.postprocess), run once per video on the candidates of all its
+        windows, in seconds."""
         cfg = self.cfg
-        pp = cfg.postprocess
         batch = out.cls_logits[0].shape[0]
-        if durations_feat is not None and len(durations_feat) != batch:
-            raise ValueError(f"ActionFormerHead.predict: {batch} durations expected, got {len(durations_feat)}")
         results = []
         for b in range(batch):
             segments, scores, labels = [], [], []
             for logits, offsets, mask, points in zip(out.cls_logits, out.offsets, out.masks, out.points):
-                prob = torch.sigmoid(logits[b].float()).masked_fill(~mask[b, :, None], -1.0).flatten()  # [T_l * K]
-                candidates = torch.nonzero(prob >= pp.pre_nms_threshold).squeeze(1)  # [M_l]
+                prob = (torch.sigmoid(logits[b].float()) * mask[b, :, None]).flatten()  # [T_l * K]
+                candidates = torch.nonzero(prob > cfg.pre_nms_threshold).squeeze(1)  # [M_l]
                 score, order = prob[candidates].sort(descending=True, stable=True)
-                score, candidates = score[: pp.pre_nms_topk], candidates[order[: pp.pre_nms_topk]]
+                score, candidates = score[: cfg.pre_nms_topk], candidates[order[: cfg.pre_nms_topk]]
                 point = points[candidates // cfg.num_classes]  # [M_l, 4]
                 offset = offsets[b, candidates // cfg.num_classes].float()  # [M_l, 2]
                 segment = torch.stack(
@@ -267,8 +282,7 @@ class ActionFormerHead(nn.Module):
                 segments.append(segment[keep])
                 scores.append(score[keep])
                 labels.append((candidates % cfg.num_classes)[keep])
-            duration = None if durations_feat is None else float(durations_feat[b])
-            results.append(postprocess(torch.cat(segments), torch.cat(scores), torch.cat(labels), pp, duration_s=duration))
+            results.append((torch.cat(segments), torch.cat(scores), torch.cat(labels)))
         return results
 
 

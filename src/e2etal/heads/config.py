@@ -1,8 +1,11 @@
 """Configuration of the ActionFormer-style detection head.
 
-The defaults are ActionFormer's published THUMOS-14 setting (I3D features, 2048-d,
-`configs/thumos_i3d.yaml` on top of the release's defaults). Every length here is in
-feature-grid units: one unit is one input feature step, whatever its duration in seconds.
+The defaults are ActionFormer's published THUMOS-14 setting (I3D features, 2048-d): its
+`configs/thumos_i3d.yaml` merged over the release's defaults in `libs/core/config.py`
+(happyharrycn/actionformer_release, commit 61ea7eb). Each comment below names the key a
+value comes from: `thumos:` for the THUMOS-14 config, `default:` for config.py, or the
+module that hard-codes it. Every length here is in feature-grid units: one unit is one
+input feature step, whatever its duration in seconds.
 """
 
 from __future__ import annotations
@@ -24,58 +27,66 @@ THUMOS14_REGRESSION_RANGES: tuple[tuple[float, float], ...] = (
 @dataclass
 class HeadConfig:
     # Input and width.
-    input_dim: int = 2048  # channels of the input features
-    embed_dim: int = 512  # width of the embedding and of the transformer pyramid
-    num_classes: int = 20
+    input_dim: int = 2048  # channels of the input features (thumos: dataset.input_dim)
+    embed_dim: int = 512  # width of the embedding and of the transformer pyramid (default: model.embd_dim)
+    num_classes: int = 20  # thumos: dataset.num_classes
 
     # Embedding: masked conv + LayerNorm + ReLU layers at full resolution.
-    embed_layers: int = 2
-    embed_kernel_size: int = 3
+    embed_layers: int = 2  # default: model.backbone_arch[0]
+    embed_kernel_size: int = 3  # default: model.embd_kernel_size
 
     # Transformer pyramid: `stem_layers` blocks at full resolution, then `branch_layers`
     # blocks that each halve the length; level 0 is the stem's output, level l the l-th
     # branch block's, so there are 1 + branch_layers levels with strides 1, 2, 4, ...
-    stem_layers: int = 2
-    branch_layers: int = 5
-    window_size: int = 19  # local self-attention span (odd): |i - j| <= window_size // 2 at each level
-    num_heads: int = 4
-    mlp_ratio: int = 4
-    drop_path: float = 0.1
+    stem_layers: int = 2  # default: model.backbone_arch[1]
+    branch_layers: int = 5  # default: model.backbone_arch[2]
+    # Local self-attention span (odd): |i - j| <= window_size // 2 at each level
+    # (thumos: model.n_mha_win_size).
+    window_size: int = 19
+    num_heads: int = 4  # default: model.n_head
+    mlp_ratio: int = 4  # libs/modeling/blocks.py TransformerBlock: n_hidden = 4 * n_embd
+    drop_path: float = 0.1  # default: train_cfg.droppath
     # Residual branches are multiplied by a learnable per-channel scale starting here
-    # (ActionFormer's AffineDropPath, which it uses whenever drop_path > 0); None = no scale.
+    # (blocks.py AffineDropPath, init_scale_value 1e-4, used whenever drop_path > 0);
+    # None = no scale.
     layer_scale_init: float | None = 1e-4
-    # Dropout after the attention projection and in the MLP. The release's default
-    # (train_cfg.dropout), which its THUMOS-14 config does not override.
-    dropout: float = 0.1
+    # Dropout after the attention projection and in the MLP (default: train_cfg.dropout,
+    # which the THUMOS-14 and ActivityNet configs do not override).
+    dropout: float = 0.0
 
     # Classification and regression towers, shared across levels. `head_layers` counts
     # the output conv, as ActionFormer's head_num_layers does: head_layers - 1 blocks of
     # conv + LayerNorm + ReLU, then one conv to the outputs.
-    head_dim: int = 512
-    head_layers: int = 3
-    head_kernel_size: int = 3
-    prior_prob: float = 0.01  # initial foreground probability of every class logit
+    head_dim: int = 512  # default: model.head_dim
+    head_layers: int = 3  # default: model.head_num_layers
+    head_kernel_size: int = 3  # default: model.head_kernel_size
+    # Initial foreground probability of every class logit (thumos: train_cfg.cls_prior_prob).
+    prior_prob: float = 0.01
 
     # Target assignment (feature units; see heads.targets).
-    regression_ranges: tuple[tuple[float, float], ...] = THUMOS14_REGRESSION_RANGES
-    center_sample: bool = True
-    center_sample_radius: float = 1.5  # in units of the level's stride
+    regression_ranges: tuple[tuple[float, float], ...] = THUMOS14_REGRESSION_RANGES  # default: model.regression_range
+    center_sample: bool = True  # thumos: train_cfg.center_sample = radius
+    center_sample_radius: float = 1.5  # in units of the level's stride (thumos: train_cfg.center_sample_radius)
 
     # Losses.
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    reg_loss_weight: float = 1.0
-    loss_norm_init: float = 100.0  # initial EMA of the number of positive points
-    loss_norm_momentum: float = 0.9
-    label_smoothing: float = 0.0
+    focal_alpha: float = 0.25  # libs/modeling/losses.py sigmoid_focal_loss
+    focal_gamma: float = 2.0  # same
+    reg_loss_weight: float = 1.0  # default: train_cfg.loss_weight
+    loss_norm_init: float = 100.0  # initial EMA of the number of positives (thumos: train_cfg.init_loss_norm)
+    loss_norm_momentum: float = 0.9  # meta_archs.py PtTransformer: loss_normalizer_momentum
+    label_smoothing: float = 0.0  # default: train_cfg.label_smoothing
 
     # Training sequences are cropped/padded to this many feature steps by the data
     # pipeline; it must be a valid input length (a multiple of the largest stride).
-    max_seq_len: int = 2304
+    max_seq_len: int = 2304  # thumos: dataset.max_seq_len
 
-    # Decoding: candidates shorter than this (feature units) are dropped before
-    # post-processing, as ActionFormer's duration_thresh.
-    min_segment_length: float = 0.05
+    # Decoding (`ActionFormerHead.decode`), per pyramid level: the (point, class) pairs
+    # whose probability exceeds pre_nms_threshold, at most pre_nms_topk of them, and of
+    # those the segments longer than min_segment_length (feature units).
+    pre_nms_threshold: float = 0.001  # default: test_cfg.pre_nms_thresh
+    pre_nms_topk: int = 2000  # thumos: test_cfg.pre_nms_topk
+    min_segment_length: float = 0.05  # default: test_cfg.duration_thresh
+    # Suppression of a video's pooled candidates, in seconds.
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
     @property
@@ -147,3 +158,7 @@ class HeadConfig:
             fail("max_seq_len", f"a multiple of the largest stride {self.max_stride} (2 ** branch_layers)")
         if not self.min_segment_length >= 0:
             fail("min_segment_length", "a length >= 0 in feature steps")
+        if not 0.0 <= self.pre_nms_threshold < 1.0:
+            fail("pre_nms_threshold", "a probability in [0, 1)")
+        if isinstance(self.pre_nms_topk, bool) or not isinstance(self.pre_nms_topk, int) or self.pre_nms_topk < 1:
+            fail("pre_nms_topk", "a positive integer")

@@ -1,10 +1,21 @@
-"""Building blocks of the head's pyramid: masked convolutions, LayerNorm over channels,
-local-window self-attention and the transformer block.
+"""Building blocks of the head's pyramid: "same" convolutions, local-window
+self-attention and the transformer block.
 
-Layout is channels-first, `[B, C, T]`, with a boolean mask `[B, T]` (True = a real
-feature step, False = padding). Every module here returns zeros at padded positions, so
-padding behaves exactly like the zero padding of a convolution: appending padded steps
-to a sequence changes nothing at its valid steps.
+Layout. Everything runs channels-last, `[B, T, C]`: LayerNorm, the linear layers and
+the attention all want the channels innermost, and the convolutions over time read the
+same memory in place (`same_conv` as matrix products over shifted rows, the depthwise
+ones as 2-D convolutions on a channels-last view), so nothing is transposed between
+them. Every tensor comes with a boolean mask `[B, T]` (True = a real feature step,
+False = padding).
+
+Padding. A module's outputs at valid steps depend only on its input's valid steps:
+whatever mixes time steps (a convolution, the attention, the max-pool) first sets its
+input's padded steps to a neutral value (0, or -inf for a max), exactly as a
+convolution's own zero padding would read them, and the attention never reads a padded
+key. Appending padded steps to a sequence therefore changes nothing at its valid steps.
+At padded steps the outputs are finite but meaningless; they are not re-zeroed after
+every step-wise operation, which would cost a pass over the tensor each time for
+nothing. Read only valid steps, or mask.
 """
 
 from __future__ import annotations
@@ -24,48 +35,136 @@ def downsample_mask(mask: Tensor, stride: int) -> Tensor:
     return mask[:, ::stride]
 
 
-class MaskedConv1d(nn.Module):
-    """1-D convolution, centred ("same") padding, output zeroed at padded positions."""
+class _SameConv(torch.autograd.Function):
+    """Forward and backward of `same_conv` as matrix products on row ranges (see there)."""
 
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        kernel_size: int,
-        stride: int = 1,
-        groups: int = 1,
-        bias: bool = True,
-    ) -> None:
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        # x: [B, T, C_in] (any strides with one unit stride per matrix), weight: [C_out, C_in, k]
+        batch, t, _ = x.shape
+        k = weight.shape[2]
+        # In-place and out= products are not autocast: compute in the dtype a convolution
+        # would get under the active autocast, else in the input's.
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        x = x.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+        taps = weight.to(dtype).permute(2, 0, 1).contiguous()  # [k, C_out, C_in]: one matrix per tap
+        out = x.new_empty(batch, t, weight.shape[0])  # [B, T, C_out]
+        for b in range(batch):
+            if bias is None:
+                torch.mm(x[b], taps[k // 2].t(), out=out[b])
+            else:
+                torch.addmm(bias, x[b], taps[k // 2].t(), out=out[b])
+            for tap, lo, hi, shift in _shifted_rows(k, t):
+                out[b, lo:hi].addmm_(x[b, lo + shift : hi + shift], taps[tap].t())  # out[i] += w_tap x[i + shift]
+        ctx.save_for_backward(x, taps)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, taps = ctx.saved_tensors
+        batch, t, _ = x.shape
+        k = taps.shape[0]
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = x.new_empty(x.shape)
+            for b in range(batch):
+                torch.mm(grad[b], taps[k // 2], out=grad_x[b])
+                for tap, lo, hi, shift in _shifted_rows(k, t):
+                    grad_x[b, lo + shift : hi + shift].addmm_(grad[b, lo:hi], taps[tap])
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.zeros_like(taps)  # [k, C_out, C_in]
+            for b in range(batch):
+                grad_weight[k // 2].addmm_(grad[b].t(), x[b])
+                for tap, lo, hi, shift in _shifted_rows(k, t):
+                    grad_weight[tap].addmm_(grad[b, lo:hi].t(), x[b, lo + shift : hi + shift])
+            grad_weight = grad_weight.permute(1, 2, 0)  # [C_out, C_in, k]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(dim=(0, 1))
+        return grad_x, grad_weight, grad_bias
+
+
+def _shifted_rows(kernel_size: int, length: int) -> list[tuple[int, int, int, int]]:
+    """(tap, lo, hi, shift) for every off-centre tap of a centred kernel: output rows
+    lo..hi-1 of a sequence of `length` read input rows lo + shift..hi + shift - 1 through
+    that tap (the rest of its reach is the zero padding). Taps that reach past the whole
+    sequence are left out."""
+    half = kernel_size // 2
+    rows = []
+    for tap in range(kernel_size):
+        shift = tap - half
+        if shift != 0 and abs(shift) < length:
+            rows.append((tap, max(0, -shift), length - max(0, shift), shift))
+    return rows
+
+
+def same_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Centred ("same", zero-padded) 1-D convolution of each sequence x[b], channels-last.
+
+    x: [B, T, C_in], weight: [C_out, C_in, k] (k odd; nn.Conv1d's layout), bias: [C_out]
+    -> [B, T, C_out]; equal to F.conv1d(x.transpose(1, 2), weight, bias, padding=k // 2)
+    transposed. Computed as k matrix products over shifted row ranges, accumulated in
+    place: no padded copy of the input and no change of layout, either way. oneDNN's
+    convolution wants channels-first input and returns channels-first output, so around
+    each LayerNorm it costs two transposing copies (and their two in the backward pass);
+    the products here read a channels-first input as a transposed matrix for free.
+    x may be any view whose matrices x[b] have one unit stride (a transposed
+    channels-first tensor is fine)."""
+    if weight.shape[2] % 2 == 0:
+        raise ValueError(f"same_conv: the kernel size must be odd to stay centred, got {weight.shape[2]}")
+    return _SameConv.apply(x, weight, bias)
+
+
+class SameConv1d(nn.Module):
+    """Centred ("same") 1-D convolution over `[B, T, C]`, stride 1 (see `same_conv`).
+
+    The caller zeroes the input's padded steps; the output's padded steps are not
+    zeroed (they are left to the LayerNorm, ReLU and mask that follow)."""
+
+    def __init__(self, in_dim: int, out_dim: int, kernel_size: int, bias: bool = True) -> None:
         super().__init__()
         if kernel_size % 2 == 0:
-            raise ValueError(f"MaskedConv1d: kernel_size must be odd to stay centred, got {kernel_size}")
-        self.stride = stride
-        self.conv = nn.Conv1d(in_dim, out_dim, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups, bias=bias)
-
-    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        # x: [B, C_in, T] (zero where mask is False), mask: [B, T]
-        out_mask = downsample_mask(mask, self.stride)  # [B, T']
-        out = self.conv(x) * out_mask[:, None, :].to(x.dtype)  # [B, C_out, T']
-        return out, out_mask
-
-
-class LayerNorm1d(nn.LayerNorm):
-    """LayerNorm over the channels of a `[B, C, T]` tensor."""
+            raise ValueError(f"SameConv1d: kernel_size must be odd to stay centred, got {kernel_size}")
+        self.conv = nn.Conv1d(in_dim, out_dim, kernel_size, padding=kernel_size // 2, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+        # x: [B, T, C_in], any strides with one unit stride per matrix -> [B, T, C_out]
+        return same_conv(x, self.conv.weight, self.conv.bias)
 
 
-def masked_max_pool(x: Tensor, mask: Tensor, stride: int) -> tuple[Tensor, Tensor]:
+class DepthwiseConv1d(nn.Module):
+    """Depthwise 1-D convolution (kernel 3, centred, stride 1 or 2) over `[B, T, C]`.
+
+    Run as a 2-D convolution on a channels-last view ([B, C, 1, T], NHWC in memory): on
+    CPU, oneDNN's depthwise kernel is two to three times faster on that layout than on
+    channels-first 1-D input, and no copy is needed either way. (One grouped conv with
+    three outputs per channel for q, k and v together is not a depthwise kernel to
+    oneDNN and runs slower than the three.)"""
+
+    def __init__(self, dim: int, stride: int = 1) -> None:
+        super().__init__()
+        self.stride = stride
+        self.conv = nn.Conv1d(dim, dim, 3, stride=stride, padding=1, groups=dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x: [B, T, C] (zero at padding) -> [B, ceil(T / stride), C]
+        nhwc = x.unsqueeze(1).permute(0, 3, 1, 2)  # [B, C, 1, T], channels-last memory
+        out = F.conv2d(nhwc, self.conv.weight.unsqueeze(2), stride=(1, self.stride), padding=(0, 1), groups=self.conv.groups)
+        return out.permute(0, 2, 3, 1).squeeze(1)  # [B, T', C]
+
+
+def masked_max_pool(x: Tensor, mask: Tensor, stride: int) -> Tensor:
     """Max over each window of 3 steps centred on every `stride`-th step, ignoring padding.
 
-    x: [B, C, T], mask: [B, T] -> ([B, C, ceil(T / stride)], [B, ceil(T / stride)]).
+    x: [B, T, C], mask: [B, T] -> [B, ceil(T / stride), C], zero at padded output steps.
     Padding is excluded (not read as 0) so that a valid window's maximum does not depend
     on whether padding follows it."""
-    out_mask = downsample_mask(mask, stride)
-    filled = x.masked_fill(~mask[:, None, :], float("-inf"))
-    out = F.max_pool1d(filled, kernel_size=3, stride=stride, padding=1)
-    return out.masked_fill(~out_mask[:, None, :], 0.0), out_mask
+    filled = torch.where(mask[:, :, None], x, float("-inf")).unsqueeze(1).permute(0, 3, 1, 2)  # [B, C, 1, T] NHWC
+    out = F.max_pool2d(filled, kernel_size=(1, 3), stride=(1, stride), padding=(0, 1)).permute(0, 2, 3, 1).squeeze(1)
+    # An all-padding window gives -inf; keep padded steps finite.
+    return out.masked_fill_(~downsample_mask(mask, stride)[:, :, None], 0.0)
 
 
 def local_attention(
@@ -81,55 +180,55 @@ def local_attention(
 
     Exactly dense attention restricted to that band, computed block by block in
     O(T * (block_size + window_size)) time and memory: the queries are cut into blocks of
-    `block_size` (default: window_size) steps and each block attends, with one
-    `scaled_dot_product_attention` call over all blocks, to the keys of its own span
-    widened by window_size // 2 on each side.
+    `block_size` steps (default: 2 * (window_size // 2), a divisor of the pyramid's
+    lengths at ActionFormer's settings, so no block is padded) and each block attends,
+    with one `scaled_dot_product_attention` call over all blocks, to the keys of its own
+    span widened by window_size // 2 on each side.
+
+    Inputs may have any strides; `[B, T, H, D]` memory viewed as `[B, H, T, D]` (what a
+    channels-last projection gives) is the fast case, and the output comes back in it.
 
     Padded keys are never attended. A padded query has no valid key in general, and an
     all-masked row would make the softmax NaN (and NaN times the zero the caller masks
-    it with is still NaN), so padded queries attend to their whole band instead; their
-    outputs are garbage but finite and must be masked by the caller."""
+    it with is still NaN), so padded keys get half the dtype's most negative value
+    instead of -inf: exp of it is exactly 0 next to any real score, so a query with a
+    valid key in its band gives padded keys exactly zero weight, and adding a score to
+    it cannot overflow, so a padded query attends to its whole band, finite garbage the
+    caller must not read."""
     if window_size < 1 or window_size % 2 == 0:
         raise ValueError(f"local_attention: window_size must be a positive odd integer, got {window_size}")
     b, h, t, d = q.shape
     half = window_size // 2
-    block = block_size or window_size
+    block = block_size or max(2 * half, 1)
     num_blocks = math.ceil(t / block)
     tail = num_blocks * block - t
     span = block + 2 * half  # keys seen by one query block
-
-    q_blocks = F.pad(q, (0, 0, 0, tail)).view(b, h, num_blocks, block, d)  # [B, H, N, L, D]
-
-    def key_blocks(x: Tensor) -> Tensor:  # [B, H, T, D] -> [B, H, N, S, D]
-        x = F.pad(x, (0, 0, half, half + tail))  # [B, H, T + tail + 2 half, D]
-        return x.unfold(2, span, block).transpose(-1, -2)
-
-    k_blocks, v_blocks = key_blocks(k), key_blocks(v)
-    key_valid = F.pad(mask, (half, half + tail), value=False).unfold(1, span, block)  # [B, N, S]
-    query_valid = F.pad(mask, (0, tail), value=False).view(b, num_blocks, block)  # [B, N, L]
-    # Query i of a block sits at key index i + half of that block's span, so the band
-    # |i - j| <= half is 0 <= j - i <= 2 half in block coordinates.
-    rel = torch.arange(span, device=q.device)[None, :] - torch.arange(block, device=q.device)[:, None]  # [L, S]
-    band = (rel >= 0) & (rel <= 2 * half)
-    allowed = band & (key_valid[:, :, None, :] | ~query_valid[:, :, :, None])  # [B, N, L, S]
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # [B, T, H, D] views
 
     # Fold the blocks into the batch: the fused SDPA kernels take 4-D inputs.
-    def fold(x: Tensor) -> Tensor:  # [B, H, N, *, D] -> [B * N, H, *, D]
-        return x.transpose(1, 2).reshape(b * num_blocks, h, x.shape[3], d)
+    q_blocks = F.pad(q, (0, 0, 0, 0, 0, tail)) if tail else q
+    q_blocks = q_blocks.reshape(b * num_blocks, block, h, d).transpose(1, 2)  # [B * N, H, L, D]
 
+    def key_blocks(x: Tensor) -> Tensor:  # [B, T, H, D] -> [B * N, H, S, D]
+        x = F.pad(x, (0, 0, 0, 0, half, half + tail))  # [B, T + tail + 2 half, H, D]
+        return x.unfold(1, span, block).permute(0, 1, 2, 4, 3).reshape(b * num_blocks, h, span, d)
+
+    # Query l of a block sits at key index l + half of that block's span, so the band
+    # |i - j| <= half is 0 <= s - l <= 2 half in block coordinates.
+    rel = torch.arange(span, device=q.device)[None, :] - torch.arange(block, device=q.device)[:, None]  # [L, S]
+    band = torch.zeros(block, span, dtype=q.dtype, device=q.device).masked_fill_((rel < 0) | (rel > 2 * half), float("-inf"))
+    key_valid = F.pad(mask, (half, half + tail), value=False).unfold(1, span, block)  # [B, N, S]
+    padded_key = torch.zeros(key_valid.shape, dtype=q.dtype, device=q.device).masked_fill_(~key_valid, torch.finfo(q.dtype).min / 2)
+    scores = padded_key.view(b * num_blocks, 1, 1, span) + band  # [B * N, 1, L, S], added to q.k / sqrt(D)
     out = F.scaled_dot_product_attention(
-        fold(q_blocks),
-        fold(k_blocks),
-        fold(v_blocks),
-        attn_mask=allowed.reshape(b * num_blocks, 1, block, span),
-        dropout_p=dropout_p,
+        q_blocks, key_blocks(k), key_blocks(v), attn_mask=scores, dropout_p=dropout_p
     )  # [B * N, H, L, D]
-    out = out.view(b, num_blocks, h, block, d).transpose(1, 2).reshape(b, h, num_blocks * block, d)
-    return out[:, :, :t]
+    out = out.transpose(1, 2).reshape(b, num_blocks * block, h, d)
+    return out[:, :t].transpose(1, 2)
 
 
 class LocalSelfAttention(nn.Module):
-    """Multi-head local-window self-attention with optional down-sampling.
+    """Multi-head local-window self-attention with optional down-sampling, over `[B, T, C]`.
 
     As in ActionFormer, queries, keys and values each pass a depthwise conv (kernel 3,
     stride `stride`) and a LayerNorm before their linear projection, so with stride 2 the
@@ -141,68 +240,49 @@ class LocalSelfAttention(nn.Module):
             raise ValueError(f"LocalSelfAttention: dim {dim} is not a multiple of num_heads {num_heads}")
         self.num_heads = num_heads
         self.window_size = window_size
-        self.q_conv = MaskedConv1d(dim, dim, 3, stride=stride, groups=dim, bias=False)
-        self.k_conv = MaskedConv1d(dim, dim, 3, stride=stride, groups=dim, bias=False)
-        self.v_conv = MaskedConv1d(dim, dim, 3, stride=stride, groups=dim, bias=False)
-        self.q_norm = LayerNorm1d(dim)
-        self.k_norm = LayerNorm1d(dim)
-        self.v_norm = LayerNorm1d(dim)
-        self.q_proj = nn.Conv1d(dim, dim, 1)
-        self.k_proj = nn.Conv1d(dim, dim, 1)
-        self.v_proj = nn.Conv1d(dim, dim, 1)
-        self.out_proj = nn.Conv1d(dim, dim, 1)
+        self.stride = stride
+        self.q_conv = DepthwiseConv1d(dim, stride)
+        self.k_conv = DepthwiseConv1d(dim, stride)
+        self.v_conv = DepthwiseConv1d(dim, stride)
+        self.q_norm = nn.LayerNorm(dim)
+        self.k_norm = nn.LayerNorm(dim)
+        self.v_norm = nn.LayerNorm(dim)
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
         self.out_drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        # x: [B, C, T] (zero at padding), mask: [B, T]
-        q, out_mask = self.q_conv(x, mask)  # [B, C, T'], [B, T']
-        k, _ = self.k_conv(x, mask)
-        v, _ = self.v_conv(x, mask)
-        q = self.q_proj(self.q_norm(q))
-        k = self.k_proj(self.k_norm(k))
-        v = self.v_proj(self.v_norm(v))
+        # x: [B, T, C] (zero at padding), mask: [B, T] -> [B, T', C], [B, T']
+        out_mask = downsample_mask(mask, self.stride)
+        q = self.q_proj(self.q_norm(self.q_conv(x)))  # [B, T', C]
+        k = self.k_proj(self.k_norm(self.k_conv(x)))
+        v = self.v_proj(self.v_norm(self.v_conv(x)))
+        b, t, c = q.shape
 
-        b, c, t = q.shape
-
-        def heads(z: Tensor) -> Tensor:  # [B, C, T'] -> [B, H, T', C / H]
-            return z.view(b, self.num_heads, c // self.num_heads, t).transpose(2, 3)
+        def heads(z: Tensor) -> Tensor:  # [B, T', C] -> [B, H, T', C / H] (a view)
+            return z.view(b, t, self.num_heads, c // self.num_heads).transpose(1, 2)
 
         out = local_attention(heads(q), heads(k), heads(v), out_mask, self.window_size)  # [B, H, T', C / H]
-        out = out.transpose(2, 3).reshape(b, c, t)  # [B, C, T']
-        out = self.out_drop(self.out_proj(out))
-        return out * out_mask[:, None, :].to(out.dtype), out_mask
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: in training, drop a residual branch for a whole sample with
-    probability p (and rescale the kept ones by 1 / (1 - p))."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device) >= self.p
-        return x * keep.to(x.dtype) / (1.0 - self.p)
+        out = out.transpose(1, 2).reshape(b, t, c)  # [B, T', C]
+        return self.out_drop(self.out_proj(out)), out_mask
 
 
 class LayerScale(nn.Module):
-    """Learnable per-channel scale of a `[B, C, T]` residual branch."""
+    """Learnable per-channel scale of a `[B, T, C]` residual branch."""
 
     def __init__(self, dim: int, init: float) -> None:
         super().__init__()
-        self.scale = nn.Parameter(torch.full((1, dim, 1), float(init)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.scale
+        self.scale = nn.Parameter(torch.full((dim,), float(init)))
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LN transformer block over `[B, C, T]`: local self-attention and an MLP, each
-    residual. With stride 2 the attention down-samples and the skip path takes a
-    max-pool (as in ActionFormer), halving the length of features and mask."""
+    """Pre-LN transformer block over `[B, T, C]`: local self-attention and an MLP, each
+    residual, each branch scaled per channel (LayerScale) and, in training, dropped for
+    whole samples with probability `drop_path` (stochastic depth; kept ones rescaled by
+    1 / (1 - drop_path)). With stride 2 the attention down-samples and the skip path
+    takes a max-pool (as in ActionFormer), halving the length of features and mask."""
 
     def __init__(
         self,
@@ -217,28 +297,36 @@ class TransformerBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.stride = stride
-        self.norm1 = LayerNorm1d(dim)
+        self.drop_path = drop_path
+        self.norm1 = nn.LayerNorm(dim)
         self.attn = LocalSelfAttention(dim, num_heads, window_size, stride=stride, dropout=dropout)
-        self.norm2 = LayerNorm1d(dim)
+        self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(
-            nn.Conv1d(dim, mlp_ratio * dim, 1),
+            nn.Linear(dim, mlp_ratio * dim),
             nn.GELU(),
             nn.Dropout(dropout),
-            nn.Conv1d(mlp_ratio * dim, dim, 1),
+            nn.Linear(mlp_ratio * dim, dim),
             nn.Dropout(dropout),
         )
-        self.scale_attn = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
-        self.scale_mlp = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
-        self.drop_path = DropPath(drop_path)
+        self.scale_attn = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else None
+        self.scale_mlp = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else None
+
+    def _add_branch(self, skip: Tensor, branch: Tensor, layer_scale: LayerScale | None) -> Tensor:
+        """skip + DropPath(LayerScale(branch)) in one pass over the tensor: the channel
+        scale and the samples' keep / (1 - p) multiply into one [B, 1, C] factor first."""
+        factor = None if layer_scale is None else layer_scale.scale  # [C]
+        if self.training and self.drop_path > 0.0:
+            keep = torch.rand(skip.shape[0], 1, 1, dtype=skip.dtype, device=skip.device) >= self.drop_path
+            keep = keep.to(skip.dtype) / (1.0 - self.drop_path)  # [B, 1, 1]
+            factor = keep if factor is None else keep * factor
+        return skip + branch if factor is None else torch.addcmul(skip, branch, factor)
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        # x: [B, C, T] (zero at padding), mask: [B, T] -> [B, C, T / stride], [B, T / stride]
-        m = mask[:, None, :].to(x.dtype)
-        # LayerNorm maps a zero column to its bias; re-masking keeps padding at zero for
-        # the convolutions inside the attention.
-        attn, out_mask = self.attn(self.norm1(x) * m, mask)
-        skip = masked_max_pool(x, mask, self.stride)[0] if self.stride > 1 else x
-        out = skip + self.drop_path(self.scale_attn(attn))
-        out_m = out_mask[:, None, :].to(x.dtype)
-        out = out + self.drop_path(self.scale_mlp(self.mlp(self.norm2(out)))) * out_m
-        return out, out_mask
+        # x: [B, T, C], mask: [B, T] -> [B, T / stride, C], [B, T / stride]
+        # LayerNorm maps a padded step to its bias; the convolutions inside the attention
+        # must read padding as zero. (In place: LayerNorm's backward does not read its
+        # output, and a fresh tensor costs page faults on top of the pass.)
+        attn, out_mask = self.attn(self.norm1(x).masked_fill_(~mask[:, :, None], 0.0), mask)
+        skip = masked_max_pool(x, mask, self.stride) if self.stride > 1 else x
+        out = self._add_branch(skip, attn, self.scale_attn)
+        return self._add_branch(out, self.mlp(self.norm2(out)), self.scale_mlp), out_mask

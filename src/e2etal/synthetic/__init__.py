@@ -8,6 +8,7 @@ Action classes differ only in how objects move over time; see docs/synthetic.md.
 """
 
 from e2etal.synthetic.motions import ACTION_CLASSES, CLASS_NAMES, ActionClass, mirror_label_ids
+from e2etal.synthetic.pretrain import fit_clip_classifier, mirror_flip
 from e2etal.synthetic.world import (
     WorldConfig,
     make_trimmed_clips,
@@ -24,9 +25,11 @@ __all__ = [
     "CLASS_NAMES",
     "ActionClass",
     "WorldConfig",
+    "fit_clip_classifier",
     "make_trimmed_clips",
     "make_world",
     "mirror_label_ids",
+    "mirror_flip",
     "render_clip",
     "render_video",
     "video_codec",

@@ -1,7 +1,7 @@
 """The demo's acceptance figure: head-only vs LoSA average mAP on the default synthetic
 world, over several seeds (world, pretraining and training all change with the seed).
 
-    python benchmarks/demo_seeds.py [--seeds 0 1 2] [--out /tmp/e2etal-demo-seeds] [--quick]
+    python research/demo_seeds.py [--seeds 0 1 2] [--out /tmp/e2etal-demo-seeds] [--quick]
                                     [--pretrain-classes N | all] [--short-conv-kernel K]
                                     [--train-seeds K]
 

@@ -5,8 +5,8 @@ and, as a reference with a convolutional inductive bias, a small 3-D CNN on the 
 trimmed clips, and prints the held-out clip accuracy of each (chance = 1 / classes) and
 its accuracy on training clips (high train with chance-level held-out = memorising).
 
-    python benchmarks/pretrain_probe.py                                  # the demo's world
-    python benchmarks/pretrain_probe.py --set num_classes=6 background_value=[0.3,0.55] \\
+    python research/pretrain_probe.py                                  # the demo's world
+    python research/pretrain_probe.py --set num_classes=6 background_value=[0.3,0.55] \\
         --clips 1200 --epochs 8 --lr 3e-3 --models vit cnn
 
 `--set` takes `WorldConfig` fields (values parsed as YAML). Prints one JSON object, then a table.
@@ -23,8 +23,9 @@ import torch
 import yaml
 from torch import nn
 
-from e2etal.backbones.vit import VisionTransformer
-from e2etal.demo import DemoSettings, fit_clip_classifier
+from e2etal.backbones import BACKBONES
+from e2etal.demo import DemoSettings
+from e2etal.synthetic import fit_clip_classifier
 
 
 def reference_cnn(num_classes: int) -> nn.Module:
@@ -62,8 +63,8 @@ def main() -> None:
     for name in args.models:
         torch.manual_seed(args.seed)
         if name == "vit":
-            model = VisionTransformer(img_size=world.height, num_frames=world.clip_frames,
-                                      num_classes=world.num_classes, **dict(settings.vit))
+            model = BACKBONES[settings.backbone](img_size=world.height, num_frames=world.clip_frames,
+                                                 num_classes=world.num_classes)
             classify = model.classify
         else:
             model = reference_cnn(world.num_classes)

@@ -11,7 +11,7 @@ demo backbone (`<demo out>/backbone/tiny_vit_pretrained.pth`):
 Held-out accuracy per class tells whether a direction the backbone was not pretrained
 on (the vertical glides) is still linearly present in what each method reads.
 
-    python benchmarks/tap_probe.py --backbone e2etal-demo/backbone/tiny_vit_pretrained.pth
+    python research/tap_probe.py --backbone e2etal-demo/backbone/tiny_vit_pretrained.pth
 
 Prints one JSON object, then a table.
 """
@@ -24,19 +24,18 @@ import json
 import torch
 import torch.nn.functional as F
 
-from e2etal.adapters.frozen import pool_tokens
-from e2etal.adapters.losa import LoSAConfig
+from e2etal.adapters.frozen import FrozenPassConfig, pool_tokens
+from e2etal.backbones import build_backbone
 from e2etal.backbones.vit import VisionTransformer
 from e2etal.data.video import normalize_clip
 from e2etal.demo import DemoSettings
-from e2etal.extract import build_backbone
 from e2etal.synthetic import make_trimmed_clips
 
 
 def clip_features(vit: VisionTransformer, clips: torch.Tensor, settings: DemoSettings, layers: tuple[int, ...]) -> dict:
     """`{name: [N, F]}`: per layer, the 2x2-grid and the spatial-mean tokens of every temporal position."""
     out: dict[str, list[torch.Tensor]] = {}
-    settings_grid = LoSAConfig().grid  # the demo's LoSA uses the default 2x2 grid
+    settings_grid = FrozenPassConfig().grid  # the demo's frozen pass pools to the default 2x2 grid
     with torch.no_grad():
         for i in range(0, len(clips), 64):
             x = normalize_clip(clips[i : i + 64], settings.pixel_mean, settings.pixel_std).transpose(1, 2)
@@ -74,8 +73,8 @@ def main() -> None:
 
     settings = DemoSettings()
     world = settings.world
-    vit = build_backbone("vit-s", args.backbone, img_size=world.height, num_frames=world.clip_frames,
-                         **dict(settings.vit)).module.eval()
+    vit = build_backbone(settings.backbone, args.backbone, img_size=world.height,
+                         num_frames=world.clip_frames).module.eval()
     layers = settings.losa_taps
     train_clips, train_y = make_trimmed_clips(world, args.train_clips, seed=11)
     test_clips, test_y = make_trimmed_clips(world, args.test_clips, seed=12)

@@ -17,12 +17,12 @@ Besides accuracy on every validation position, each probe is scored on the `clea
 positions whose whole window lies inside one instance (an instance's core, where the
 window sees nothing but the action). The recall per class is on the clean positions.
 
-`benchmarks/tap_probe.py` asks whether a direction is present in clean trimmed clips;
+`research/tap_probe.py` asks whether a direction is present in clean trimmed clips;
 this asks whether it can be learned from the demo's training videos, in under a minute
 instead of a demo run. A world where `taps grid` beats `last mean` neither on all validation
 positions nor on the clean ones leaves LoSA little to gain over head-only.
 
-    python benchmarks/frame_probe.py --run /tmp/e2etal-demo-seeds/seed0/runs/LoSA/last
+    python research/frame_probe.py --run /tmp/e2etal-demo-seeds/seed0/runs/LoSA/last
 
 Prints one JSON object, then a table (recall per class on the clean positions).
 """
@@ -35,13 +35,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-# benchmarks/ is the script's directory, so on sys.path
+# research/ is the script's directory, so on sys.path
 from tap_probe import linear_probe
 
 from e2etal.adapters.tap_cache import TapCache
 from e2etal.data.annotations import Annotations, load_annotations
 from e2etal.data.windows import VideoDataConfig, window_grid
-from e2etal.experiment import build_detector, experiment_config, tap_cache_for
+from e2etal.experiment import build_detector, experiment_config
 
 
 def position_labels(video, classes, grid, num_positions: int) -> torch.Tensor:
@@ -98,7 +98,7 @@ def main() -> None:
 
     cfg = experiment_config(args.run)
     detector = build_detector(cfg)
-    cache = tap_cache_for(cfg, detector, torch.device("cpu"))
+    cache = cfg.pipeline.tap_cache(cfg.pipeline.video_config(cfg, detector), cfg, detector, torch.device("cpu"))
     if cache is None or not any(cache.dir.glob("*.safetensors")):
         raise SystemExit(f"{args.run}: the run has no filled tap cache (video.tap_cache unset, or nothing cached)")
     window = cfg.losa.short_window if args.window is None else args.window
