@@ -56,12 +56,14 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=2300)
     ap.add_argument("--channels", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--max-seq-len", type=int, default=2304, help="training crop and padding (a multiple of 32)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
     device = resolve_device(args.device)
     cfg = load_config(ExperimentConfig, CONFIG, [
         f"model.input_dim={args.channels}", f"train.batch_size={args.batch_size}", f"train.device={device}",
+        f"model.max_seq_len={args.max_seq_len}", f"data.max_seq_len={args.max_seq_len}",
         "train.epochs=1", "train.warmup_epochs=0", "train.tensorboard=false"])
     dataset = RandomFeatures(args.videos, args.length, args.channels, cfg.model.num_classes, cfg.data.max_seq_len)
     collate = partial(collate_features, pad_multiple=cfg.model.max_stride, pad_to=cfg.data.max_seq_len)
@@ -81,7 +83,7 @@ def main() -> None:
     else:
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
         machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
-    steps = trainer.steps_per_epoch
+    steps = trainer.epoch_steps[0]
     out = {
         "benchmark": "train_throughput", "device": machine, "videos": args.videos, "length": args.length,
         "channels": args.channels, "batch_size": args.batch_size, "padded_length": cfg.data.max_seq_len,

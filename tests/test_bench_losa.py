@@ -189,6 +189,7 @@ def test_targets_and_table_of_an_oom_row():
     assert [c["met"] for c in check_targets(rows)] == [False, False]
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_bench_losa_memory_order_on_cuda():
     initialised = torch.cuda.is_initialized()

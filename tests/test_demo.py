@@ -75,3 +75,17 @@ def test_demo_settings_check_pretrain_classes_when_built():
     assert DemoSettings(pretrain_classes=None).pretrain_world == settings.world
     with pytest.raises(ValueError, match="pretrain_classes"):
         DemoSettings(pretrain_classes=settings.world.num_classes + 1)
+
+
+@pytest.mark.slow
+def test_quick_lofi_demo_compares_the_encoders(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--method", "lofi", "--quick", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "untouched" in printed and "LoFi" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["methods"]) == {"untouched", "LoFi"}
+    assert (out / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+    lofi = json.loads((out / "runs" / "LoFi" / "report.json").read_text())
+    assert lofi["schedule"].startswith("long_c: 16 snippets x 32 px")  # S: the world's 64 px halved
+    assert (out / "runs" / "LoFi" / "stage2" / "encoder.safetensors").exists()

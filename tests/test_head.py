@@ -13,7 +13,7 @@ from e2etal.geometry import pairwise_tiou
 from e2etal.heads import HeadConfig, HeadOutput, build_head, padded_length
 from e2etal.heads.targets import make_points
 from e2etal.heads.transformer import DepthwiseConv1d, local_attention, masked_max_pool, same_conv
-from e2etal.postprocess import PostprocessConfig, postprocess
+from e2etal.postprocess import postprocess
 
 
 def tiny_config(**overrides) -> HeadConfig:

@@ -449,6 +449,7 @@ def test_dtypes_are_promoted_to_at_least_float32():
     assert nms(segs.long(), scores, labels, 0.5).tolist() == nms(segs, scores, labels, 0.5).tolist()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu():
     segs, scores, labels = random_detections(3, n=200, num_classes=5, coarse=False)

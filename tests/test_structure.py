@@ -31,7 +31,7 @@ def test_the_engine_imports_no_model():
 
 def test_only_the_pipeline_registry_branches_on_the_method():
     names = "|".join(METHODS + ("frozen",))
-    pattern = re.compile(rf"""method\s*(==|!=|in)\s*\(?["']({names})["']""")
+    pattern = re.compile(rf"""cfg\.method\s*(==|!=|in)\s*\(?["']({names})["']""")  # cfg, ckpt_cfg, ...
     found = [f"{path.relative_to(PACKAGE)}:{i}" for path in PACKAGE.rglob("*.py")
              for i, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
     assert not found

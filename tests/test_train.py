@@ -115,5 +115,10 @@ def test_preset_configs_load_and_build(path):
         cfg.backbone.checkpoint = None
         with torch.device("meta"):
             detector = build_detector(cfg)
-        assert detector.backbone.width == cfg.model.input_dim
-        assert cfg.video.frames_per_window // detector.backbone.frames_per_position <= cfg.model.max_seq_len
+        if cfg.method == "lofi":
+            assert detector.encoder.tap_layout().width == cfg.model.input_dim
+            assert cfg.lofi.schedule.full.snippets <= cfg.model.max_seq_len
+            cfg.pipeline.schedule(cfg).describe()
+        else:
+            assert detector.backbone.width == cfg.model.input_dim
+            assert cfg.video.frames_per_window // detector.backbone.frames_per_position <= cfg.model.max_seq_len

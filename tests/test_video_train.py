@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import yaml
 import torch
 
 from e2etal.config import load_config

@@ -13,6 +13,11 @@ Stages (each timed, every figure written to `report.json`):
 4. detect: the best method's checkpoint runs on a held-out video file; a timeline PNG
    shows ground truth beside its detections.
 
+With `lofi=True` (`e2etal demo --method lofi`) stage 3 is LoFi instead (`e2etal.lofi.stages`):
+the pretrained ViT itself trained through the TAL loss on snippets at reduced fidelity,
+features of it and of the untouched ViT at full fidelity, and the same head trained on
+each; the timeline shows the LoFi encoder's head on the held-out video's features.
+
 A method is a name and the experiment method it runs (`DemoMethod`), so more methods slot
 into the table by adding an entry.
 """
@@ -21,7 +26,6 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -35,8 +39,11 @@ from e2etal.backbones.layout import TapLayout
 from e2etal.data.annotations import load_annotations
 from e2etal.data.windows import VideoDataConfig
 from e2etal.engine.trainer import TrainConfig, resolve_device
-from e2etal.experiment import EvalConfig, ExperimentConfig, detect_video, evaluate_checkpoint, train
+from e2etal.experiment import EvalConfig, ExperimentConfig, detect_features, detect_video, evaluate_checkpoint, train
 from e2etal.heads import HeadConfig
+from e2etal.lofi.config import LoFiConfig
+from e2etal.lofi.fidelity import LoFiScheduleConfig
+from e2etal.lofi.stages import run_lofi
 from e2etal.plot import plot_timeline
 from e2etal.synthetic import WorldConfig, fit_clip_classifier, make_world
 
@@ -84,6 +91,13 @@ class DemoSettings:
     # Temporal kernel of LoSA's short-range conv: the +-4 positions its attention reads
     # (LoSAConfig's default); kernels 3 and 17 scored lower (research/README.md).
     short_conv_kernel: int = 9
+    # LoFi: a video is `lofi_snippets` snippets of the ViT's 16-frame clip (2 s at 8 fps) at
+    # the world's 64 px at full fidelity; stage 2 cycles S, T, ST (Long C-LoFi) at batch
+    # `lofi_batch` for `lofi_epochs` epochs with AdamW at `lofi_lr`, the whole ViT trainable.
+    lofi_snippets: int = 64
+    lofi_batch: int = 4
+    lofi_epochs: int = 8
+    lofi_lr: float = 5e-4
 
     def __post_init__(self) -> None:
         if self.pretrain_classes is not None and not 2 <= self.pretrain_classes <= self.world.num_classes:
@@ -116,7 +130,8 @@ class DemoSettings:
     @classmethod
     def quick(cls) -> DemoSettings:
         world = WorldConfig(train_videos=6, val_videos=3, min_video_s=12.0, max_video_s=18.0, max_instances=3)
-        return cls(world=world, pretrain_clips=120, pretrain_epochs=1, epochs=2, window_frames=128)
+        return cls(world=world, pretrain_clips=120, pretrain_epochs=1, epochs=2, window_frames=128, lofi_snippets=16,
+                   lofi_epochs=1)
 
 
 def pretrain_backbone(settings: DemoSettings, out_path: Path, seed: int, device: torch.device, progress: bool = True) -> dict:
@@ -167,6 +182,29 @@ def experiment(settings: DemoSettings, method: DemoMethod, out: Path, run_dir: P
     )
 
 
+def lofi_experiment(settings: DemoSettings, out: Path, run_dir: Path, seed: int, device: torch.device,
+                    progress: bool) -> ExperimentConfig:
+    """The LoFi config of a demo: stage 2 on the world's videos from the pretrained ViT, and
+    the demo's head and head recipe for stage 3."""
+    w = settings.world
+    base = experiment(settings, METHODS[0], out, run_dir, seed, device, progress)
+    head_train = replace(base.train, epochs=settings.epochs)
+    stage2 = replace(
+        base.train, epochs=settings.lofi_epochs, warmup_epochs=min(1, settings.lofi_epochs),
+        batch_size=settings.lofi_batch, lr=settings.lofi_lr, ema_decay=None,
+    )
+    snippets = settings.lofi_snippets
+    stride = base.model.max_stride
+    return replace(
+        base, method="lofi", train=stage2,
+        video=replace(base.video, tap_cache=None),
+        lofi=LoFiConfig(snippet_frames=w.clip_frames, frame_interval=1, checkpointing=False, head_train=head_train,
+                        schedule=LoFiScheduleConfig(name="long_c", snippets=snippets, size=w.height,
+                                                    batch=settings.lofi_batch)),
+        model=replace(base.model, max_seq_len=-(-snippets // stride) * stride),
+    )
+
+
 def train_method(out: Path, settings: DemoSettings, method: DemoMethod, train_seed: int, device: torch.device,
                  progress: bool = True, run_name: str | None = None) -> dict:
     """Train one method on the world, backbone and tap cache a demo run made in `out`
@@ -186,11 +224,12 @@ def train_method(out: Path, settings: DemoSettings, method: DemoMethod, train_se
 
 def run_demo(out_dir: str | Path = "e2etal-demo", quick: bool = False, seed: int = 0, device: str = "auto",
              methods: tuple[DemoMethod, ...] = METHODS, progress: bool = True,
-             settings: DemoSettings | None = None) -> dict:
+             settings: DemoSettings | None = None, lofi: bool = False) -> dict:
     """Run every stage; returns (and writes to `out_dir/report.json`) every figure.
 
     `settings` replaces the default sizes (`DemoSettings()`, or `DemoSettings.quick()` with
-    `quick`), e.g. to run the demo on another `WorldConfig`."""
+    `quick`), e.g. to run the demo on another `WorldConfig`. `lofi` runs LoFi in place of
+    `methods` (module docstring)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if settings is None:
@@ -208,17 +247,30 @@ def run_demo(out_dir: str | Path = "e2etal-demo", quick: bool = False, seed: int
     report["pretrain"] = pretrain_backbone(settings, out / BACKBONE_FILE, seed, dev, progress)
     report["stages_s"]["pretrain"] = time.perf_counter() - t0
 
-    for m in methods:
-        t0 = time.perf_counter()
-        report["methods"][m.name] = train_method(out, settings, m, seed, dev, progress)
-        report["stages_s"][f"train+eval {m.name}"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    best = max(report["methods"], key=lambda k: report["methods"][k]["average_mAP"])
     gt = load_annotations(world_dir / "annotations.json").subset("validation")
     video_id = sorted(gt.videos)[0]
-    detections = detect_video(world_dir / "videos" / f"{video_id}.mp4", report["methods"][best]["checkpoint"],
-                              device=str(dev), progress=False)
+    if lofi:
+        t0 = time.perf_counter()
+        lofi_report = run_lofi(lofi_experiment(settings, out, out / "runs" / "LoFi", seed, dev, progress), progress)
+        for name, result in (("untouched", lofi_report.base), ("LoFi", lofi_report.lofi)):
+            report["methods"][name] = {"tiou": result.tiou.tolist(), "mAP": result.mAP.tolist(),
+                                       "average_mAP": result.average_mAP}
+        report["lofi"] = {"stages_s": lofi_report.stages_s, "report": str(lofi_report.out_dir / "report.json")}
+        report["stages_s"]["LoFi stages 2 and 3"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        best = "LoFi"
+        runs = lofi_report.out_dir
+        detections = detect_features(runs / "features_lofi" / f"{video_id}.npy", runs / "head_lofi" / "last",
+                                     duration_s=gt.videos[video_id].duration_s, device=str(dev))
+    else:
+        for m in methods:
+            t0 = time.perf_counter()
+            report["methods"][m.name] = train_method(out, settings, m, seed, dev, progress)
+            report["stages_s"][f"train+eval {m.name}"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        best = max(report["methods"], key=lambda k: report["methods"][k]["average_mAP"])
+        detections = detect_video(world_dir / "videos" / f"{video_id}.mp4", report["methods"][best]["checkpoint"],
+                                  device=str(dev), progress=False)
     timeline = plot_timeline(out / "timeline.png", detections, video_id, gt.videos[video_id].duration_s,
                              ground_truth=gt.videos[video_id], classes=list(gt.classes.names), top_k=12,
                              title=f"{video_id}: ground truth and {best} detections")

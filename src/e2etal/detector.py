@@ -23,6 +23,7 @@ from e2etal.adapters.losa import LoSAAdapters
 from e2etal.data.annotations import ClassMap
 from e2etal.data.features import FeatureBatch, FeatureGrid
 from e2etal.data.predictions import Detections
+from e2etal.data.snippets import SnippetBatch
 from e2etal.data.windows import VideoBatch
 from e2etal.heads import ActionFormerHead
 from e2etal.postprocess import PostprocessConfig, postprocess_videos
@@ -144,5 +145,40 @@ class VideoDetector(nn.Module):
 
     @torch.no_grad()
     def detect(self, batch: VideoBatch) -> list[VideoDetections]:
+        out = self.head(self.features(batch), batch.mask)
+        return to_seconds(self.head.decode(out), batch.video_ids, batch.grids, batch.durations_s)
+
+
+class LoFiDetector(nn.Module):
+    """End to end through a trainable encoder (LoFi's stage 2): every snippet
+    `[3, F, H, W]` of a video is a clip the encoder turns into one feature
+    (`clip_features`), and the head reads a video's snippets as its sequence.
+
+    `micro_batch` snippets go through the encoder at a time (None: all of a batch's
+    at once); with activation checkpointing in the encoder, what is kept for backward is
+    then about one micro-batch of block inputs per block. The encoder's weights are part of
+    the checkpoint: they are what stage 2 trains.
+    """
+
+    def __init__(self, encoder: nn.Module, head: ActionFormerHead, micro_batch: int | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.micro_batch = micro_batch
+
+    def features(self, batch: SnippetBatch) -> torch.Tensor:  # [B, C, T]
+        b, length = batch.clips.shape[:2]
+        clips = batch.clips.flatten(0, 1)  # [B * L, 3, F, H, W]
+        step = self.micro_batch or clips.shape[0]
+        feats = torch.cat([self.encoder.clip_features(part) for part in clips.split(step)])  # [B * L, C]
+        feats = feats.view(b, length, -1).transpose(1, 2)  # [B, C, L]
+        return nn.functional.pad(feats, (0, batch.mask.shape[1] - length))  # [B, C, T], zero padding
+
+    def losses(self, batch: SnippetBatch) -> dict[str, torch.Tensor]:
+        out = self.head(self.features(batch), batch.mask)
+        return self.head.loss(out, batch.segments, batch.labels)
+
+    @torch.no_grad()
+    def detect(self, batch: SnippetBatch) -> list[VideoDetections]:
         out = self.head(self.features(batch), batch.mask)
         return to_seconds(self.head.decode(out), batch.video_ids, batch.grids, batch.durations_s)

@@ -30,6 +30,7 @@ from e2etal.engine import Trainer, TrainConfig, TrainResult, load_checkpoint
 from e2etal.engine.checkpoint import load_weights
 from e2etal.engine.trainer import resolve_device
 from e2etal.heads import HeadConfig
+from e2etal.lofi.config import LoFiConfig
 from e2etal.io import output_dir
 from e2etal.metrics import THUMOS14_TIOU, DetectionResult, evaluate_detections
 from e2etal.pipelines import METHODS, Pipeline, pipeline
@@ -51,13 +52,15 @@ class ExperimentConfig:
     # Which pipeline feeds the head (`e2etal.pipelines`): "features", the head on
     # pre-extracted features (`data`); "losa", LoSA adapters beside a frozen backbone on raw
     # video (`video`, `backbone`, `frozen`, `losa`); "head_only", head-only transfer on the
-    # frozen backbone's last layer, the same pipeline without adapters.
+    # frozen backbone's last layer, the same pipeline without adapters; "lofi", the
+    # encoder itself trained on raw video at reduced fidelity (`video`, `backbone`, `lofi`).
     method: str = "features"
     data: FeatureDataConfig = field(default_factory=FeatureDataConfig)
     video: VideoDataConfig = field(default_factory=VideoDataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     frozen: FrozenPassConfig = field(default_factory=FrozenPassConfig)
     losa: LoSAConfig = field(default_factory=LoSAConfig)
+    lofi: LoFiConfig = field(default_factory=LoFiConfig)
     model: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -154,6 +157,7 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> TrainResul
         to_dict(cfg),
         classes,
         evaluate=_evaluator(cfg, val_set, annotations, device),
+        batch_sampler=cfg.pipeline.batch_sampler(cfg, train_set),
     )
     return trainer.fit(resume=resume)
 

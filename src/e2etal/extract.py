@@ -85,6 +85,8 @@ __all__ = [
     "ExtractReport",
     "extract_features",
     "extract_video",
+    "finished_with",
+    "save_features",
     "videomaev2_tad_resize",
 ]
 
@@ -184,18 +186,19 @@ def _check_backbone(module: nn.Module, cfg: ExtractConfig) -> None:
         )
     if cfg.recipe is not None:
         _check_recipe_backbone(module, cfg.recipe)
-    if isinstance(module, VisionTransformer):
-        patch, tubelet = module.patch_size, module.tubelet_size
-        if cfg.size % patch:
-            nearest = sorted({s for s in (cfg.size // patch * patch, (cfg.size // patch + 1) * patch) if s > 0})
-            raise ValueError(
-                f"size {cfg.size} is not a multiple of this ViT's patch size {patch}; "
-                f"use {' or '.join(map(str, nearest))}"
-            )
-        if cfg.clip_frames % tubelet:
-            raise ValueError(
-                f"clip_frames {cfg.clip_frames} is not a multiple of this ViT's tubelet size {tubelet}"
-            )
+    # A patchified backbone (a ViT) takes whole patches and whole tubelets only.
+    patch = getattr(module, "patch_size", 1)
+    if cfg.size % patch:
+        nearest = sorted({s for s in (cfg.size // patch * patch, (cfg.size // patch + 1) * patch) if s > 0})
+        raise ValueError(
+            f"size {cfg.size} is not a multiple of this ViT's patch size {patch}; "
+            f"use {' or '.join(map(str, nearest))}"
+        )
+    tubelet = module.tap_layout().frames_per_position if callable(getattr(module, "tap_layout", None)) else 1
+    if cfg.clip_frames % tubelet:
+        raise ValueError(
+            f"clip_frames {cfg.clip_frames} is not a multiple of this ViT's tubelet size {tubelet}"
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -469,7 +472,7 @@ def _settings(backbone: Backbone, cfg: ExtractConfig, runner: _Runner) -> dict[s
     }
 
 
-def _finished(npy: Path, sidecar: Path, settings: dict[str, Any]) -> str | None:
+def finished_with(npy: Path, sidecar: Path, settings: dict[str, Any]) -> str | None:
     """None when `npy` and `sidecar` hold this video done with `settings`; else why not."""
     if not npy.is_file() or not sidecar.is_file():
         return "not extracted yet"
@@ -488,7 +491,8 @@ def _finished(npy: Path, sidecar: Path, settings: dict[str, Any]) -> str | None:
     return None
 
 
-def _save(npy: Path, sidecar: Path, features: np.ndarray, meta: dict[str, Any]) -> None:
+def save_features(npy: Path, sidecar: Path, features: np.ndarray, meta: dict[str, Any]) -> None:
+    """Write one video's features and their sidecar, each atomically."""
     # The stale sidecar goes first: features and sidecar of different runs never pair up.
     sidecar.unlink(missing_ok=True)
     with atomic_path(npy) as tmp, open(tmp, "wb") as f:
@@ -536,7 +540,7 @@ def extract_features(
     report = ExtractReport(out_dir)
     todo = []
     for video in videos:
-        reason = _finished(out_dir / f"{video.stem}.npy", out_dir / f"{video.stem}.json", settings)
+        reason = finished_with(out_dir / f"{video.stem}.npy", out_dir / f"{video.stem}.json", settings)
         if reason is None:
             report.skipped.append(video)
         else:
@@ -564,7 +568,7 @@ def extract_features(
                     assert result.features is not None and result.meta is not None
                     meta = {"video": None, **settings, "checkpoint": checkpoint_path, **result.meta}
                     stem = result.path.stem
-                    _save(out_dir / f"{stem}.npy", out_dir / f"{stem}.json", result.features, meta)
+                    save_features(out_dir / f"{stem}.npy", out_dir / f"{stem}.json", result.features, meta)
                     report.done.append(result.path)
                     if result.short:
                         report.short.append(result.path)

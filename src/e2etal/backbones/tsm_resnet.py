@@ -167,6 +167,7 @@ class TSMResNet(nn.Module):
         super().__init__()
         self.shift_div = shift_div
         self.grad_checkpointing = grad_checkpointing
+        self.frozen_layers = 0  # `freeze_layers`
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -220,12 +221,15 @@ class TSMResNet(nn.Module):
         if bad:
             raise ValueError(f"tap stages {bad} out of range; expected 1-based stage numbers in 1..4")
         B, C, T, H, W = x.shape  # [B, 3, T, H, W]
+        grad = torch.is_grad_enabled()
         x = x.transpose(1, 2).reshape(B * T, C, H, W)  # [B*T, 3, H, W]
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        with torch.set_grad_enabled(grad and self.frozen_layers == 0):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         tapped: dict[int, Tensor] = {}
-        for stage, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), start=1):
-            for block in layer:
-                x = self._run_block(block, x, T)
+        for stage, layer in enumerate(self.stages, start=1):
+            with torch.set_grad_enabled(grad and stage > self.frozen_layers):
+                for block in layer:
+                    x = self._run_block(block, x, T)
             if stage in tap_set:
                 tokens = _as_tokens(x, B, T)
                 tapped[stage] = tap_fn(tokens) if tap_fn is not None else tokens
@@ -252,8 +256,33 @@ class TSMResNet(nn.Module):
         maps, tapped = self._trunk(x, taps, tap_fn)
         return _as_tokens(maps, B, T), tapped
 
+    @property
+    def stages(self) -> tuple[nn.ModuleList, ...]:
+        return (self.layer1, self.layer2, self.layer3, self.layer4)
+
     def tap_layout(self) -> TapLayout:
         return TapLayout(widths=self.stage_widths, frames_per_position=1, default_taps=DEFAULT_TAPS, unit="stage")
+
+    def freeze_layers(self, count: int) -> None:
+        """Leave only the stages after the first `count` trainable: the stem and stages
+        1..count take no gradient, run under no_grad (nothing of them is kept for
+        backward) and in eval mode (BatchNorm on its running statistics). 0 trains
+        everything."""
+        if not 0 <= count <= 4:
+            raise ValueError(f"freeze_layers: expected 0..4 stages, got {count}")
+        self.frozen_layers = count
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        return [self.conv1, self.bn1, *self.stages[: self.frozen_layers]] if self.frozen_layers else []
+
+    def train(self, mode: bool = True) -> TSMResNet:
+        super().train(mode)
+        for module in self._frozen_modules():
+            module.eval()
+        return self
 
     def clip_features(self, x: Tensor) -> Tensor:
         """One feature per clip `[B, C]`: the per-frame pooled features averaged over the clip."""

@@ -282,6 +282,7 @@ class VisionTransformer(nn.Module):
         self.mlp_dim = mlp_dim if mlp_dim is not None else 4 * embed_dim
         self.num_classes = num_classes
         self.grad_checkpointing = grad_checkpointing
+        self.frozen_layers = 0  # `freeze_layers`
         self.trained_grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
 
         self.patch_embed = PatchEmbed(patch_size, tubelet_size, in_chans, embed_dim)
@@ -322,18 +323,21 @@ class VisionTransformer(nn.Module):
         if bad:
             raise ValueError(f"tap layers {bad} out of range; expected 1-based block numbers in 1..{self.depth}")
 
-        x = self.patch_embed(x)  # [B, T', h, w, D]
-        B, t, h, w, D = x.shape
-        x = x.flatten(1, 3)  # [B, N, D], N = T'*h*w in (t, h, w) order
-        x = x + self.position_embedding((t, h, w), x.device, x.dtype)
-        x = self.pos_drop(x)
+        grad = torch.is_grad_enabled()
+        with torch.set_grad_enabled(grad and self.frozen_layers == 0):
+            x = self.patch_embed(x)  # [B, T', h, w, D]
+            B, t, h, w, D = x.shape
+            x = x.flatten(1, 3)  # [B, N, D], N = T'*h*w in (t, h, w) order
+            x = x + self.position_embedding((t, h, w), x.device, x.dtype)
+            x = self.pos_drop(x)
 
         tapped: dict[int, Tensor] = {}
         for layer, block in enumerate(self.blocks, start=1):
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            with torch.set_grad_enabled(grad and layer > self.frozen_layers):
+                if self.grad_checkpointing and torch.is_grad_enabled():
+                    x = checkpoint(block, x, use_reentrant=False)
+                else:
+                    x = block(x)
             if layer in tap_set:
                 tokens = x.view(B, t, h, w, D)
                 tapped[layer] = tap_fn(tokens) if tap_fn is not None else tokens
@@ -348,6 +352,24 @@ class VisionTransformer(nn.Module):
     def tap_layout(self) -> TapLayout:
         return TapLayout(widths=(self.embed_dim,) * self.depth, frames_per_position=self.tubelet_size,
                          default_taps=default_taps(self.depth), unit="block")
+
+    def freeze_layers(self, count: int) -> None:
+        """Leave only the blocks after the first `count` trainable: the patch embedding and
+        blocks 1..count take no gradient, run under no_grad (nothing of them is kept for
+        backward) and in eval mode. 0 trains everything."""
+        if not 0 <= count <= self.depth:
+            raise ValueError(f"freeze_layers: expected 0..{self.depth} blocks, got {count}")
+        self.frozen_layers = count
+        for module in (self.patch_embed, *self.blocks[:count]):
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> VisionTransformer:
+        super().train(mode)
+        if self.frozen_layers:
+            for module in (self.patch_embed, self.pos_drop, *self.blocks[: self.frozen_layers]):
+                module.eval()
+        return self
 
     def clip_features(self, x: Tensor) -> Tensor:
         """The official TAD clip feature: `fc_norm(mean of the last block's tokens)`, `[B, D]`."""

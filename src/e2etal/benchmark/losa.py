@@ -92,7 +92,7 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 try:
     import resource

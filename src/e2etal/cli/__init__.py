@@ -19,9 +19,10 @@ from e2etal import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo_cmd", "run the whole pipeline on synthetic video (7-8 minutes on 2 CPU cores)"),
     "synth": ("synth_cmd", "write a synthetic world: untrimmed .mp4 videos with exact ground truth"),
-    "train": ("train_cmd", "train a detector from a config (pre-extracted features, or raw video with LoSA / head-only)"),
+    "train": ("train_cmd", "train a detector from a config (pre-extracted features, or raw video: LoSA, head-only, LoFi)"),
     "eval": ("eval_cmd", "evaluate detections (mAP per tIoU) against ground truth"),
     "detect": ("detect_cmd", "detect actions in one video (a video file, or its feature file)"),
+    "lofi": ("lofi_cmd", "LoFi: train the encoder at low fidelity, extract at full fidelity, compare heads"),
     "extract": ("extract_cmd", "extract backbone features of videos (one [T, C] .npy and .json sidecar per video)"),
     "bench": ("bench_cmd", "measure memory and speed"),
 }

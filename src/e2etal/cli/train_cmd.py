@@ -12,7 +12,8 @@ def register(sub) -> None:
         help=command_help("train"),
         description="Train a detector from a YAML config (see configs/): the ActionFormer-style head on "
         "pre-extracted features (method: features), or end to end on raw video beside a frozen backbone "
-        "(method: losa, LoSA adapters; method: head_only, head-only transfer). Checkpoints (last/, best/), "
+        "(method: losa, LoSA adapters; method: head_only, head-only transfer), or the encoder itself on raw video "
+        "at low fidelity (method: lofi, LoFi's stage 2; `e2etal lofi` runs all of LoFi). Checkpoints (last/, best/), "
         "metrics.csv and TensorBoard logs go to the config's out_dir; --resume continues a stopped run.",
     )
     p.add_argument("config", help="YAML config (see configs/)")

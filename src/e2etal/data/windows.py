@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from torch import Tensor
 from e2etal.data.annotations import Annotations, ClassMap, VideoAnnotation
 from e2etal.data.crop import crop_segments, epoch_generator, random_window_start
 from e2etal.data.features import FeatureGrid
-from e2etal.data.video import ClipSampler, VideoError, iter_frames, probe_video, read_frames, to_clips
+from e2etal.data.video import ClipSampler, VideoError, VideoInfo, iter_frames, probe_video, read_frames, to_clips
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,45 @@ def collate_windows(items: list[VideoItem], pad_multiple: int) -> VideoBatch:
     )
 
 
+def probe_subset(cfg: VideoDataConfig, annotations: Annotations, subset: str, training: bool,
+                 check: Callable[[Path, str, VideoInfo], str | None] = lambda path, vid, info: None,
+                 ) -> tuple[Annotations, dict[str, tuple[VideoAnnotation, VideoInfo]]]:
+    """The video files of a subset, probed: the subset's ground truth (clipped to the
+    durations when `training`) and, per usable video, its annotation (with the file's
+    duration where the annotation has none) and `VideoInfo`. Files that cannot be read, or
+    that `check(path, video_id, info)` finds a problem with, are reported all at once, or
+    skipped with a warning under `cfg.skip_missing`."""
+    gt = annotations.subset(subset)
+    if training:
+        gt = gt.clipped_to_duration()
+    usable: dict[str, tuple[VideoAnnotation, VideoInfo]] = {}
+    problems = []
+    for vid in sorted(gt.videos):
+        path = cfg.video_path(vid)
+        try:
+            info = probe_video(path)
+        except VideoError as e:
+            problems.append(str(e))
+            continue
+        problem = check(path, vid, info)
+        if problem:
+            problems.append(problem)
+            continue
+        video = gt.videos[vid]
+        if video.duration_s is None:
+            video = VideoAnnotation(vid, video.subset, info.duration_s, video.fps, video.instances)
+        usable[vid] = (video, info)
+    if problems:
+        listing = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        if not cfg.skip_missing:
+            raise ValueError(f"{len(problems)} of {len(gt.videos)} videos of subset {subset!r} cannot be used "
+                             f"(set video.skip_missing=true to skip them):\n  {listing}")
+        log.warning("skipping %d video(s) of subset %r:\n  %s", len(problems), subset, listing)
+    if not usable:
+        raise ValueError(f"no usable video in subset {subset!r} of {gt.source} (videos in {cfg.video_dir})")
+    return gt, usable
+
+
 def window_grid(cfg: VideoDataConfig, start_frame: int, frames_per_position: int, duration_s: float | None) -> FeatureGrid:
     t = frames_per_position
     if cfg.resize_frames is not None:
@@ -179,35 +218,17 @@ class VideoWindows(torch.utils.data.Dataset):
         # Non-overlapping clips, the last one padded by repeating the final frame.
         self.sampler = ClipSampler(clip_frames=cfg.clip_frames, stride_frames=cfg.clip_frames)
         self.epoch = 0
-        gt = annotations.subset(subset)
-        if training:
-            gt = gt.clipped_to_duration()
+        gt, usable = probe_subset(cfg, annotations, subset, training)
         self.source = gt.source
         self.videos: dict[str, VideoAnnotation] = {}
         self.num_frames: dict[str, int] = {}
-        problems = []
-        for vid in sorted(gt.videos):
-            path = cfg.video_path(vid)
-            try:
-                info = probe_video(path)
-            except VideoError as e:
-                problems.append(str(e))
-                continue
-            video = gt.videos[vid]
-            duration = video.duration_s if video.duration_s is not None else info.duration_s
-            self.videos[vid] = video if video.duration_s is not None else VideoAnnotation(vid, video.subset, duration, video.fps, video.instances)
-            self.num_frames[vid] = max(1, int(math.floor(min(duration, info.duration_s) * cfg.fps + 1e-6)))
+        for vid, (video, info) in usable.items():
+            self.videos[vid] = video
+            self.num_frames[vid] = max(1, int(math.floor(min(video.duration_s, info.duration_s) * cfg.fps + 1e-6)))
             if cfg.resize_frames is None and self.num_frames[vid] < cfg.clip_frames:
                 log.warning("%s: video %r has %d frame(s) at %g fps, fewer than one clip of %d; its clip is padded "
-                            "by repeating the last frame", path, vid, self.num_frames[vid], cfg.fps, cfg.clip_frames)
-        if problems:
-            listing = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
-            if not cfg.skip_missing:
-                raise ValueError(f"{len(problems)} of {len(gt.videos)} videos of subset {subset!r} cannot be read "
-                                 f"(set video.skip_missing=true to skip them):\n  {listing}")
-            log.warning("skipping %d video(s) of subset %r:\n  %s", len(problems), subset, listing)
-        if not self.videos:
-            raise ValueError(f"no usable video in subset {subset!r} of {self.source} (videos in {cfg.video_dir})")
+                            "by repeating the last frame", cfg.video_path(vid), vid, self.num_frames[vid], cfg.fps,
+                            cfg.clip_frames)
         self.windows = self._tile() if not training else [Window(v, 0) for v in self.videos]
 
     def _tile(self) -> list[Window]:

@@ -25,9 +25,12 @@ from e2etal.config import config_changes
 from e2etal.data.annotations import ClassMap
 from e2etal.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint, weight_mismatches
 from e2etal.engine.ema import ModelEMA, trainable_state
-from e2etal.engine.schedule import warmup_cosine
+from e2etal.engine.schedule import SCHEDULES, lr_schedule
 
 log = logging.getLogger(__name__)
+
+
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass
@@ -37,6 +40,11 @@ class TrainConfig:
     batch_size: int = 2
     lr: float = 1e-4
     weight_decay: float = 0.05
+    optimizer: str = "adamw"  # "adamw" or "sgd"
+    momentum: float = 0.9  # sgd only
+    schedule: str = "cosine"  # e2etal.engine.schedule: "cosine" or "step"
+    step_epochs: int = 5  # step schedule: epochs between decays
+    step_gamma: float = 0.5  # step schedule: factor at each decay
     clip_grad_norm: float | None = 1.0
     ema_decay: float | None = 0.999  # None = no EMA; with EMA, its weights are evaluated
     amp: bool = True  # bf16 autocast, on CUDA only
@@ -53,6 +61,13 @@ class TrainConfig:
             raise ValueError("train: epochs and batch_size must be >= 1")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"train.warmup_epochs: expected 0..epochs ({self.epochs}), got {self.warmup_epochs}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"train.optimizer: expected one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"train.schedule: expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.step_epochs < 1 or not 0 < self.step_gamma <= 1:
+            raise ValueError(f"train.step_epochs / step_gamma: expected >= 1 and in (0, 1], got "
+                             f"{self.step_epochs} / {self.step_gamma}")
 
 
 @dataclass
@@ -126,8 +141,13 @@ class MetricsLog:
 
 
 class Trainer:
-    """AdamW, warm-up + cosine LR, gradient clipping, EMA, bf16 autocast on GPU,
-    validation every few epochs, `last`/`best` checkpoints and resume."""
+    """AdamW or SGD, warm-up then cosine or step LR, gradient clipping, EMA, bf16 autocast
+    on GPU, validation every few epochs, `last`/`best` checkpoints and resume.
+
+    Batches are `cfg.batch_size` items drawn at random each epoch, or, with
+    `batch_sampler`, whatever `batch_sampler(epoch, generator)` yields: lists of keys to
+    the dataset (batches of changing size and content, e.g. LoFi's fidelities). A sampler
+    with a `summary` attribute has it logged with the epoch's metrics."""
 
     def __init__(
         self,
@@ -139,6 +159,7 @@ class Trainer:
         config_dict: dict,
         classes: ClassMap,
         evaluate: Callable[[nn.Module], dict] | None = None,
+        batch_sampler: Callable[[int, torch.Generator], torch.utils.data.Sampler] | None = None,
     ):
         self.cfg = cfg
         self.device = resolve_device(cfg.device, "train.device")
@@ -149,11 +170,16 @@ class Trainer:
         self.config_dict = config_dict
         self.classes = classes
         self.evaluate = evaluate
-        self.steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-        self.optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-        self.scheduler = warmup_cosine(
-            self.optimizer, cfg.warmup_epochs * self.steps_per_epoch, cfg.epochs * self.steps_per_epoch
-        )
+        self.batch_sampler = batch_sampler
+        self.epoch_steps = [len(self._batches(e)) for e in range(cfg.epochs)] if batch_sampler else \
+            [math.ceil(len(train_set) / cfg.batch_size)] * cfg.epochs
+        groups = _param_groups(model, cfg.weight_decay)
+        if cfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        else:
+            self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        self.scheduler = lr_schedule(self.optimizer, cfg.schedule, self.epoch_steps, cfg.warmup_epochs,
+                                     cfg.step_epochs, cfg.step_gamma)
         self.ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay is not None else None
         self.epoch = 0  # epochs completed
         self.best_metric: float | None = None
@@ -210,10 +236,20 @@ class Trainer:
         log.info("resumed from %s after epoch %d", ckpt.path, self.epoch)
 
     # -- loop ----------------------------------------------------------------------
+    def _generator(self, epoch: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
+
+    def _batches(self, epoch: int) -> torch.utils.data.Sampler:
+        assert self.batch_sampler is not None
+        return self.batch_sampler(epoch, self._generator(epoch))
+
     def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(epoch)
-        generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
+        if self.batch_sampler is not None:
+            return torch.utils.data.DataLoader(self.train_set, batch_sampler=self._batches(epoch),
+                                               collate_fn=self.collate, num_workers=self.cfg.num_workers)
+        generator = self._generator(epoch)
         return torch.utils.data.DataLoader(
             self.train_set,
             batch_size=self.cfg.batch_size,
@@ -273,7 +309,10 @@ class Trainer:
         while self.epoch < self.cfg.epochs:
             epoch = self.epoch
             t0 = time.perf_counter()
-            row = {"epoch": epoch + 1, "step": (epoch + 1) * self.steps_per_epoch, **self.train_epoch(epoch)}
+            row = {"epoch": epoch + 1, "step": sum(self.epoch_steps[: epoch + 1]), **self.train_epoch(epoch)}
+            summary = getattr(self._batches(epoch), "summary", None) if self.batch_sampler else None
+            if summary:
+                row["batches"] = summary
             row["lr"] = self.scheduler.get_last_lr()[0]
             row["epoch_s"] = round(time.perf_counter() - t0, 3)
             self.epoch = epoch + 1

@@ -8,6 +8,8 @@ where its data is:
     features    pre-extracted `[T, C]` files (`data:`)               pipelines/features.py
     losa        raw video beside a frozen backbone, LoSA adapters     pipelines/video.py
     head_only   raw video beside a frozen backbone, no adapters      pipelines/video.py
+    lofi        raw video through a trainable encoder, snippets at   pipelines/lofi.py
+                reduced fidelity (LoFi's stage 2)
 
 `pipeline(cfg)` is the one place that reads `cfg.method`.
 """
@@ -47,14 +49,20 @@ class Pipeline(Protocol):
 
     def collate(self, cfg: ExperimentConfig, training: bool) -> Callable: ...
 
+    def batch_sampler(self, cfg: ExperimentConfig, train_set: torch.utils.data.Dataset) -> Callable | None:
+        """`(epoch, generator) -> Sampler` of the training batches, or None for the
+        engine's own (`train.batch_size` items at random)."""
+
 
 from e2etal.pipelines.features import FeaturePipeline  # noqa: E402 (they implement the protocols above)
+from e2etal.pipelines.lofi import LoFiPipeline  # noqa: E402
 from e2etal.pipelines.video import VideoPipeline  # noqa: E402
 
 PIPELINES: dict[str, Pipeline] = {
     "features": FeaturePipeline(),
     "losa": VideoPipeline("losa", adapters=True),
     "head_only": VideoPipeline("head_only", adapters=False),
+    "lofi": LoFiPipeline(),
 }
 METHODS = tuple(PIPELINES)
 

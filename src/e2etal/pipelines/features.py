@@ -49,6 +49,9 @@ class FeaturePipeline:
         pad_to = cfg.data.max_seq_len if training else None
         return partial(collate_features, pad_multiple=cfg.model.max_stride, pad_to=pad_to)
 
+    def batch_sampler(self, cfg: ExperimentConfig, train_set) -> None:
+        return None
+
     def detect_file(self, detector: FeatureDetector, cfg: ExperimentConfig, path: Path, video_id: str,
                     fps: float | None, duration_s: float | None) -> list[VideoDetections]:
         """Candidates of one video's feature file, in seconds, not yet suppressed. The time

@@ -96,6 +96,9 @@ class VideoPipeline:
     def collate(self, cfg: ExperimentConfig, training: bool):
         return partial(collate_windows, pad_multiple=cfg.model.max_stride)
 
+    def batch_sampler(self, cfg: ExperimentConfig, train_set) -> None:
+        return None
+
     def video_file_dataset(self, detector: VideoDetector, cfg: ExperimentConfig, path: Path, video_id: str,
                            classes: ClassMap) -> VideoWindows:
         """The evaluation windows of one video file, outside any dataset."""

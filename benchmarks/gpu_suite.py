@@ -1,0 +1,312 @@
+"""Every GPU claim of the toolkit, measured by one command within a time budget.
+
+    python benchmarks/gpu_suite.py [--out DIR] [--budget-s 480]     # on a GPU
+    python benchmarks/gpu_suite.py --tiny                           # every step on the CPU, toy sizes
+
+Steps, in order of value; each runs in a process of its own (a failure is recorded and the
+suite goes on), and a step that would start with too little of the budget left, or
+outruns it, is recorded as not run or stopped, with everything before it kept:
+
+  cuda_tests     the tests marked `cuda` (bf16 autocast, SDPA, CUDA memory meters, the
+                 LoFi encoder step): `pytest -m cuda`
+  bench_losa     `e2etal bench losa` for ViT-g at 768 frames x 224 px and 160 px and ViT-B
+                 at 224 px: frozen forward, LoSA, AdaTAD-style, full fine-tuning; targets
+                 LoSA peak <= 4 GB and LoSA step <= 1.2 x the frozen forward (ViT-g, 224 px)
+  extraction     decode only, backbone only and end to end frames/s for ViT-B and ViT-g at
+                 160 and 224 px on a generated 1280x720, 30 fps, 60 s H.264 video; target end
+                 to end >= 0.8 x the slower of decoding and the backbone
+  head_training  the THUMOS-14 I3D head's training throughput (`train_throughput.py`)
+  lofi_memory    LoFi's peak memory and step time per fidelity, TSM-R50 and ViT-B
+                 (`lofi_memory.py`); target: every reduced fidelity below full's memory
+  short_runs     a short LoSA run and a short LoFi run on a synthetic world: the training
+                 loss goes down and evaluation gives an mAP
+  ddp            a data-parallel launch on one GPU: not built yet (the distributed issue)
+
+Nothing is downloaded: weights are random, videos generated. Writes DIR/gpu_suite.json
+(every figure, the device, driver, torch and CUDA versions, the commit) and
+DIR/gpu_suite.md (a table to paste into benchmarks/RESULTS.md), and prints the table:
+each figure beside its target, pass or fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from e2etal import io
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+# (name, seconds it needs at the least to be worth starting: on a GPU, --tiny)
+STEPS = [("cuda_tests", 20, 5), ("bench_losa", 90, 10), ("extraction", 90, 10), ("head_training", 40, 5),
+         ("lofi_memory", 60, 5), ("short_runs", 60, 10), ("ddp", 0, 0)]
+
+
+def _figure(name: str, value, unit: str = "", target: str | None = None, passed: bool | None = None) -> dict:
+    return {"name": name, "value": value, "unit": unit, "target": target, "pass": passed}
+
+
+def _json_lines(text: str) -> list[dict]:
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return out
+
+
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+# ---------------------------------------------------------------------------------------
+# Steps: each returns a list of figures; run in a child process (`--step NAME`).
+
+
+def step_cuda_tests(tiny: bool, out: Path, timeout: float) -> list[dict]:
+    done = _run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests"], timeout)
+    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error|errors|deselected)", summary)}
+    failed = counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0)
+    ran = counts.get("passed", 0) + failed
+    passed = None if ran == 0 else failed == 0  # all skipped: no CUDA, nothing shown
+    return [_figure("cuda tests passed / failed / skipped",
+                    f"{counts.get('passed', 0)} / {failed} / {counts.get('skipped', 0)}",
+                    target="all pass", passed=passed)]
+
+
+def step_bench_losa(tiny: bool, out: Path, timeout: float) -> list[dict]:
+    from e2etal.benchmark.losa import bench_settings, check_targets, run_bench
+
+    runs = [("tiny", None, None)] if tiny else [("vit-g", 768, 224), ("vit-g", 768, 160), ("vit-b", 768, 224)]
+    figures = []
+    for backbone, frames, res in runs:
+        settings = bench_settings(backbone=backbone if not tiny else "vit-g", frames=frames, res=res, tiny=tiny,
+                                  steps=2 if tiny else 5, min_time_s=0.1 if tiny else 1.0)
+        rows = run_bench(settings)
+        label = f"{settings.backbone} {settings.frames}f {settings.res}px"
+        for row in rows:
+            figures.append(_figure(f"bench losa {label} {row['method']} peak", row["peak_mem_gb"],
+                                   "GB" if row.get("mem_measure", "").startswith("cuda") else "GB RSS"))
+            figures.append(_figure(f"bench losa {label} {row['method']} step", row["step_s"], "s"))
+        if backbone == "vit-g" and res == 224:
+            for check in check_targets(rows):
+                figures.append(_figure(f"bench losa {label}: {check['target']}", check["value"], target=check["target"],
+                                       passed=check["met"]))
+    return figures
+
+
+def step_extraction(tiny: bool, out: Path, timeout: float) -> list[dict]:
+    sys.path.insert(0, str(HERE))
+    import torch
+    import video_throughput as vt
+
+    from e2etal.backbones import BACKBONES
+    from e2etal.extract import ExtractConfig
+
+    device = ExtractConfig().resolve_device()
+    dtype = ExtractConfig().resolve_dtype(device)
+    if tiny:
+        models, sizes, seconds, width, height, micro = ["tiny-vit"], [32], 3.0, 320, 240, 8
+    else:
+        models, sizes, seconds, width, height, micro = ["vit-b", "vit-g"], [160, 224], 60.0, 1280, 720, 32
+    video = vt.write_test_video(out / "extraction_test.mp4", seconds, fps=30, width=width, height=height)
+    constructors = {"tiny-vit": vt.tiny_vit, **BACKBONES}
+    figures = []
+    for name in models:
+        with torch.device(device):
+            module = constructors[name]()
+        for requested in sizes:
+            size = requested // module.patch_size * module.patch_size
+            cfg = ExtractConfig(size=size, micro_batch=micro, device=str(device))
+            module.eval().to(dtype=dtype)
+            backbone = vt.backbone_fps(module, cfg, device, dtype, min_seconds=0.5 if tiny else 3.0, repeats=1)
+            decode, _ = vt.decode_fps(video, cfg, pin=device.type == "cuda", repeats=1)
+            end_to_end = vt.end_to_end_fps(video, module, cfg, device, repeats=1)
+            ratio = end_to_end / min(decode, backbone)
+            label = f"extraction {name} {size}px {width}x{height}"
+            figures += [_figure(f"{label} decode", round(decode, 1), "frames/s"),
+                        _figure(f"{label} backbone", round(backbone, 1), "frames/s"),
+                        _figure(f"{label} end to end", round(end_to_end, 1), "frames/s"),
+                        _figure(f"{label} end to end / slower stage", round(ratio, 3), target=">= 0.8",
+                                passed=ratio >= 0.8)]
+        del module
+    return figures
+
+
+def step_head_training(tiny: bool, out: Path, timeout: float) -> list[dict]:
+    args = ["--videos", "2", "--length", "200", "--channels", "64", "--max-seq-len", "256"] if tiny else ["--videos", "40"]
+    done = _run([sys.executable, str(HERE / "train_throughput.py"), *args], timeout)
+    result = _json_lines(done.stdout)
+    if done.returncode or not result:
+        raise RuntimeError(f"train_throughput.py failed:\n{done.stderr[-2000:]}")
+    r = result[0]
+    return [_figure("head training THUMOS-14 I3D videos/s", round(r["videos_per_s"], 3), "videos/s"),
+            _figure("head training s/step (batch 2)", round(r["s_per_step"], 4), "s"),
+            _figure("head training peak memory", round(r["peak_memory_gb"], 2), "GB")]
+
+
+def step_lofi_memory(tiny: bool, out: Path, timeout: float) -> list[dict]:
+    args = (["--backbones", "tsm-r18", "--full", "8", "64", "--batch", "1", "--steps", "1", "--threads", "1"] if tiny
+            else ["--backbones", "tsm-r50", "vit-b"])
+    done = _run([sys.executable, str(HERE / "lofi_memory.py"), *args], timeout)
+    result = _json_lines(done.stdout)
+    if done.returncode or not result:
+        raise RuntimeError(f"lofi_memory.py failed:\n{done.stderr[-2000:]}")
+    figures = []
+    for row in result[0]["rows"]:
+        label = f"lofi {row['backbone']} {row['fidelity']} ({row['snippets']}x{row['size']}px, batch {row['batch']})"
+        reduced = row["fidelity"] != "full"
+        x = row.get("x_full")
+        figures.append(_figure(f"{label} peak", None if row.get("peak_gb") is None else round(row["peak_gb"], 3), "GB"))
+        figures.append(_figure(f"{label} step", None if row.get("step_s") is None else round(row["step_s"], 3), "s"))
+        if reduced:
+            figures.append(_figure(f"{label} memory / full's", None if x is None else round(x, 3), target="< 1",
+                                   passed=None if x is None else x < 1))
+    return figures
+
+
+def step_short_runs(tiny: bool, out: Path, timeout: float) -> list[dict]:
+    import csv
+    import dataclasses
+
+    from e2etal.demo import METHODS, DemoSettings, run_demo
+    from e2etal.synthetic import WorldConfig
+
+    settings = DemoSettings.quick()
+    if tiny:
+        world = WorldConfig(train_videos=3, val_videos=2, min_video_s=12.0, max_video_s=14.0, max_instances=2)
+        settings = dataclasses.replace(settings, world=world, pretrain_clips=32, epochs=3, lofi_epochs=3,
+                                       lofi_snippets=8, window_frames=64)
+    else:
+        settings = dataclasses.replace(settings, epochs=6, lofi_epochs=4)
+    figures = []
+    for lofi in (False, True):
+        folder = out / ("short_lofi" if lofi else "short_losa")
+        losa = tuple(m for m in METHODS if m.method == "losa")
+        report = run_demo(folder, settings=settings, progress=False, lofi=lofi, methods=losa)
+        runs = [folder / "runs" / "LoFi" / "stage2"] if lofi else [folder / "runs" / "LoSA"]
+        for run in runs:
+            with open(run / "metrics.csv", newline="") as f:
+                losses = [float(r["train_loss"]) for r in csv.DictReader(f)]
+            name = "LoFi stage 2" if lofi else "LoSA"
+            figures.append(_figure(f"short {name} run: train loss first -> last epoch",
+                                   f"{losses[0]:.4f} -> {losses[-1]:.4f}", target="goes down",
+                                   passed=losses[-1] < losses[0]))
+        for method, m in report["methods"].items():
+            figures.append(_figure(f"short run {method}: average mAP", round(m["average_mAP"], 4), target="evaluates",
+                                   passed=0.0 <= m["average_mAP"] <= 1.0))
+    return figures
+
+
+def step_ddp(tiny: bool, out: Path, timeout: float) -> list[dict]:
+    return [_figure("ddp launch on one GPU", "not built yet (data-parallel training is a later issue)")]
+
+
+# ---------------------------------------------------------------------------------------
+# The driver
+
+
+def _environment() -> dict:
+    import torch
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores", "device": "cpu", "driver": None}
+    if torch.cuda.is_available():
+        env["device"] = torch.cuda.get_device_name(0)
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20)
+            env["driver"] = smi.stdout.strip().splitlines()[0] if smi.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired, IndexError):
+            pass
+    try:
+        env["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+                                       timeout=10).stdout.strip() or None
+    except OSError:
+        env["commit"] = None
+    return env
+
+
+def _markdown(report: dict) -> str:
+    env = report["environment"]
+    lines = [f"GPU suite, {report['date']}, {env['device']} (driver {env['driver']}), torch {env['torch']}, "
+             f"CUDA {env['cuda']}, commit {str(env.get('commit'))[:12]}; `{report['command']}`", "",
+             "| step | figure | value | target | result |", "|---|---|---|---|---|"]
+    for step in report["steps"]:
+        if step["status"] != "ok":
+            lines.append(f"| {step['name']} | - | {step['status']}: {step.get('detail', '')[:120]} | | |")
+        for f in step.get("figures", []):
+            result = "" if f["pass"] is None else ("pass" if f["pass"] else "FAIL")
+            value = f"{f['value']} {f['unit']}".strip() if f["value"] is not None else "-"
+            lines.append(f"| {step['name']} | {f['name']} | {value} | {f['target'] or ''} | {result} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="gpu-suite", help="output folder (default: gpu-suite)")
+    ap.add_argument("--budget-s", type=float, default=480.0, help="seconds for the whole suite (default 480)")
+    ap.add_argument("--tiny", action="store_true", help="every step on the CPU at toy sizes (the tests run this)")
+    ap.add_argument("--steps", nargs="+", choices=[s for s, _, _ in STEPS], help="run only these steps")
+    ap.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step in this process
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.tiny:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # toy sizes on the CPU, even on a GPU machine
+
+    if args.step:  # child: one step, its figures as JSON on the last line
+        started = time.perf_counter()
+        figures = globals()[f"step_{args.step}"](args.tiny, out, args.budget_s)
+        print(json.dumps({"figures": figures, "seconds": time.perf_counter() - started}))
+        return 0
+
+    began = time.perf_counter()
+    report = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", "benchmarks/gpu_suite.py", *sys.argv[1:]]),
+              "budget_s": args.budget_s, "tiny": args.tiny, "environment": _environment(), "steps": []}
+    for name, need_gpu_s, need_tiny_s in STEPS:
+        if args.steps and name not in args.steps:
+            continue
+        left = args.budget_s - (time.perf_counter() - began)
+        need = need_tiny_s if args.tiny else need_gpu_s
+        step = {"name": name}
+        if left < max(need, 1):
+            step.update(status="not run", detail=f"{left:.0f} s of the budget left, the step needs about {need} s")
+        else:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--step", name, "--out", str(out),
+                   "--budget-s", str(left)] + (["--tiny"] if args.tiny else [])
+            t0 = time.perf_counter()
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=left, cwd=ROOT)
+                result = _json_lines(done.stdout)
+                if done.returncode == 0 and result:
+                    step.update(status="ok", figures=result[-1]["figures"])
+                else:
+                    step.update(status="failed", detail=(done.stderr or done.stdout)[-3000:])
+            except subprocess.TimeoutExpired:
+                step.update(status="stopped", detail=f"the budget ran out after {time.perf_counter() - t0:.0f} s")
+            step["seconds"] = round(time.perf_counter() - t0, 1)
+        report["steps"].append(step)
+        print(f"{name}: {step['status']} ({step.get('seconds', 0):.0f} s)", file=sys.stderr)
+        io.write_json(out / "gpu_suite.json", report)  # kept after every step
+    report["seconds"] = round(time.perf_counter() - began, 1)
+    io.write_json(out / "gpu_suite.json", report)
+    io.write_text(out / "gpu_suite.md", _markdown(report))
+    print(_markdown(report))
+    return 0 if all(s["status"] == "ok" for s in report["steps"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
