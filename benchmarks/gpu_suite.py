@@ -20,7 +20,8 @@ outruns it, is recorded as not run or stopped, with everything before it kept:
                  (`lofi_memory.py`); target: every reduced fidelity below full's memory
   short_runs     a short LoSA run and a short LoFi run on a synthetic world: the training
                  loss goes down and evaluation gives an mAP
-  ddp            a data-parallel launch on one GPU: not built yet (the distributed issue)
+  ddp            the same training by one plain process and under torchrun (NCCL, one
+                 process per GPU, up to 2; on the CPU 2 gloo processes): the weights agree
 
 Nothing is downloaded: weights are random, videos generated. Writes DIR/gpu_suite.json
 (every figure, the device, driver, torch and CUDA versions, the commit) and
@@ -47,7 +48,7 @@ ROOT = HERE.parent
 
 # (name, seconds it needs at the least to be worth starting: on a GPU, --tiny)
 STEPS = [("cuda_tests", 20, 5), ("bench_losa", 90, 10), ("extraction", 90, 10), ("head_training", 40, 5),
-         ("lofi_memory", 60, 5), ("short_runs", 60, 10), ("ddp", 0, 0)]
+         ("lofi_memory", 60, 5), ("short_runs", 60, 10), ("ddp", 30, 10)]
 
 
 def _figure(name: str, value, unit: str = "", target: str | None = None, passed: bool | None = None) -> dict:
@@ -187,10 +188,10 @@ def step_short_runs(tiny: bool, out: Path, timeout: float) -> list[dict]:
     settings = DemoSettings.quick()
     if tiny:
         world = WorldConfig(train_videos=3, val_videos=2, min_video_s=12.0, max_video_s=14.0, max_instances=2)
-        settings = dataclasses.replace(settings, world=world, pretrain_clips=32, epochs=3, lofi_epochs=3,
+        settings = dataclasses.replace(settings, world=world, pretrain_clips=32, epochs=3, lofi_epochs=3, lofi_head_epochs=3,
                                        lofi_snippets=8, window_frames=64)
     else:
-        settings = dataclasses.replace(settings, epochs=6, lofi_epochs=4)
+        settings = dataclasses.replace(settings, epochs=6, lofi_epochs=4, lofi_head_epochs=6)
     figures = []
     for lofi in (False, True):
         folder = out / ("short_lofi" if lofi else "short_losa")
@@ -211,7 +212,40 @@ def step_short_runs(tiny: bool, out: Path, timeout: float) -> list[dict]:
 
 
 def step_ddp(tiny: bool, out: Path, timeout: float) -> list[dict]:
-    return [_figure("ddp launch on one GPU", "not built yet (data-parallel training is a later issue)")]
+    """The feature pipeline trained by one plain process and by torchrun (NCCL on a GPU,
+    one process per GPU up to 2; on the CPU, 2 gloo processes), fp32: the weights agree."""
+    import torch
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from synthetic_features import make_feature_dataset, tiny_config_overrides
+
+    gt, feats = make_feature_dataset(out / "ddp_data", num_train=8, num_val=4, length=(60, 90))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    nproc = min(2, torch.cuda.device_count()) if device == "cuda" else 2
+    config = out / "ddp.yaml"
+    config.write_text("name: ddp\n")
+    figures = []
+    runs = {}
+    for name, launcher in (("single", []), ("torchrun", [
+            "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"])):
+        sets = tiny_config_overrides(gt, feats, out / f"ddp_{name}", epochs=1 if tiny else 3) + [
+            "train.batch_size=4", "data.max_seq_len=64", "model.max_seq_len=64", f"train.device={device}",
+            "train.amp=false"]
+        cmd = [sys.executable, *launcher, "-m", "e2etal", "train", str(config),
+               *(f"--set={o}" for o in sets)]
+        t0 = time.perf_counter()
+        done = _run(cmd, timeout)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(cmd[:8])} ... failed:\n{done.stderr[-2000:]}")
+        runs[name] = load_file(str(out / f"ddp_{name}" / "last" / "model.safetensors"))
+        procs = f"{nproc} processes" if launcher else "1 process"
+        figures.append(_figure(f"ddp {name} run ({procs}, {device}) wall", round(
+            time.perf_counter() - t0, 1), "s"))
+    diff = max(float((runs["single"][k].float() - runs["torchrun"][k].float()).abs().max()) for k in runs["single"])
+    figures.append(_figure(f"ddp: max |weight difference|, {nproc} processes vs 1", f"{diff:.2e}", target="<= 1e-4",
+                           passed=diff <= 1e-4))
+    return figures
 
 
 # ---------------------------------------------------------------------------------------

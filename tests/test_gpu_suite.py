@@ -25,6 +25,8 @@ def test_the_tiny_suite_runs_every_step_and_writes_its_tables(tmp_path):
     assert {"device", "driver", "torch", "cuda", "commit"} <= set(env)
     table = (tmp_path / "gpu_suite.md").read_text()
     assert "| extraction |" in table and ">= 0.8" in table and "| short_runs |" in table
+    # the data-parallel run gives the single process's weights
+    assert [f["pass"] for f in steps["ddp"]["figures"] if f["target"]] == [True]
 
 
 def test_a_step_left_without_budget_is_recorded_not_run(tmp_path):

@@ -12,7 +12,7 @@ from e2etal.data.annotations import load_annotations
 from e2etal.data.snippets import FidelityBatches, SnippetDataset, collate_snippets, snippet_times
 from e2etal.experiment import ExperimentConfig, build_detector, evaluate_checkpoint, train
 from e2etal.lofi.fidelity import Fidelity, FidelitySchedule, LoFiScheduleConfig
-from video_fixtures import make_video_dataset, tiny_video_overrides
+from video_fixtures import lofi_overrides, make_video_dataset
 
 TINY_VIT = {"img_size": 32, "patch_size": 16, "num_frames": 4, "embed_dim": 64, "depth": 4, "num_heads": 4}
 
@@ -20,17 +20,6 @@ TINY_VIT = {"img_size": 32, "patch_size": 16, "num_frames": 4, "embed_dim": 64, 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     return make_video_dataset(tmp_path_factory.mktemp("lofi_videos"))
-
-
-def lofi_overrides(videos, out_dir, schedule="long_c", epochs=2, *extra):
-    gt, folder = videos
-    base = [o for o in tiny_video_overrides(gt, folder, out_dir, "lofi", epochs) if not o.startswith(("frozen.", "losa."))]
-    return base + [
-        "lofi.snippet_frames=4", "lofi.frame_interval=2", f"lofi.schedule.name={schedule}",
-        "lofi.schedule.snippets=16", "lofi.schedule.size=32", "lofi.schedule.batch=2",
-        "train.optimizer=sgd", "train.lr=0.01", "train.momentum=0.0", "train.weight_decay=0.0001",
-        "train.schedule=step", "train.step_epochs=1", "train.warmup_epochs=0", *extra,
-    ]
 
 
 def lofi_cfg(videos, tmp_path, *extra, schedule="long_c", epochs=2) -> ExperimentConfig:

@@ -60,3 +60,14 @@ TSM_R18_OVERRIDES = [
     "backbone.name=tsm-r18", "backbone.kwargs={}", "frozen.taps=null",
     "model.input_dim=512", "model.max_seq_len=48",
 ]
+
+
+def lofi_overrides(videos, out_dir, schedule="long_c", epochs=2, *extra):
+    gt, folder = videos
+    base = [o for o in tiny_video_overrides(gt, folder, out_dir, "lofi", epochs) if not o.startswith(("frozen.", "losa."))]
+    return base + [
+        "lofi.snippet_frames=4", "lofi.frame_interval=2", f"lofi.schedule.name={schedule}",
+        "lofi.schedule.snippets=16", "lofi.schedule.size=32", "lofi.schedule.batch=2",
+        "train.optimizer=sgd", "train.lr=0.01", "train.momentum=0.0", "train.weight_decay=0.0001",
+        "train.schedule=step", "train.step_epochs=1", "train.warmup_epochs=0", *extra,
+    ]

@@ -93,11 +93,14 @@ class DemoSettings:
     short_conv_kernel: int = 9
     # LoFi: a video is `lofi_snippets` snippets of the ViT's 16-frame clip (2 s at 8 fps) at
     # the world's 64 px at full fidelity; stage 2 cycles S, T, ST (Long C-LoFi) at batch
-    # `lofi_batch` for `lofi_epochs` epochs with AdamW at `lofi_lr`, the whole ViT trainable.
+    # `lofi_batch` for `lofi_epochs` epochs with AdamW at `lofi_lr`, the whole ViT trainable;
+    # stage 3 trains the demo's head for `lofi_head_epochs` on each encoder's features. With
+    # 8 and 30 epochs `demo --method lofi` took 741 s on 2 CPU cores, past its 10 minutes.
     lofi_snippets: int = 64
     lofi_batch: int = 4
-    lofi_epochs: int = 8
+    lofi_epochs: int = 4
     lofi_lr: float = 5e-4
+    lofi_head_epochs: int = 15
 
     def __post_init__(self) -> None:
         if self.pretrain_classes is not None and not 2 <= self.pretrain_classes <= self.world.num_classes:
@@ -131,7 +134,7 @@ class DemoSettings:
     def quick(cls) -> DemoSettings:
         world = WorldConfig(train_videos=6, val_videos=3, min_video_s=12.0, max_video_s=18.0, max_instances=3)
         return cls(world=world, pretrain_clips=120, pretrain_epochs=1, epochs=2, window_frames=128, lofi_snippets=16,
-                   lofi_epochs=1)
+                   lofi_epochs=1, lofi_head_epochs=2)
 
 
 def pretrain_backbone(settings: DemoSettings, out_path: Path, seed: int, device: torch.device, progress: bool = True) -> dict:
@@ -188,7 +191,8 @@ def lofi_experiment(settings: DemoSettings, out: Path, run_dir: Path, seed: int,
     the demo's head and head recipe for stage 3."""
     w = settings.world
     base = experiment(settings, METHODS[0], out, run_dir, seed, device, progress)
-    head_train = replace(base.train, epochs=settings.epochs)
+    head_train = replace(base.train, epochs=settings.lofi_head_epochs, warmup_epochs=min(base.train.warmup_epochs,
+                                                                                      settings.lofi_head_epochs))
     stage2 = replace(
         base.train, epochs=settings.lofi_epochs, warmup_epochs=min(1, settings.lofi_epochs),
         batch_size=settings.lofi_batch, lr=settings.lofi_lr, ema_decay=None,

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from e2etal import distributed
 from e2etal.adapters.frozen import FrozenPassConfig
 from e2etal.adapters.losa import LoSAConfig
 from e2etal.backbones.factory import BackboneConfig
@@ -112,12 +113,22 @@ def build_datasets(cfg: ExperimentConfig, annotations, classes, detector, device
 @torch.no_grad()
 def run_detection(detector, dataset, collate, batch_size: int, device: torch.device, progress: bool = True) -> list[VideoDetections]:
     """Detections for every video of `dataset`, in seconds: the candidates of all windows
-    of a video are pooled and post-processed once."""
+    of a video are pooled and post-processed once.
+
+    In a process group, every rank runs its share of the items and the candidates of all
+    are gathered before post-processing, in the dataset's order: each window counts
+    once, and every rank returns the single process's detections."""
     detector.eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    indices = distributed.shard(list(range(len(dataset))))
+    part = dataset if distributed.world_size() == 1 else torch.utils.data.Subset(dataset, indices)
+    loader = torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False, collate_fn=collate)
     windows: list[VideoDetections] = []
-    for batch in tqdm(loader, desc="detect", leave=False, disable=not progress, unit="batch"):
+    bar = tqdm(loader, desc="detect", leave=False, disable=not (progress and distributed.is_main()), unit="batch")
+    for batch in bar:
         windows.extend(detector.detect(batch.to(device)))
+    if distributed.world_size() > 1:
+        gathered = [w for rank_part in distributed.gather_objects(list(zip(indices, windows))) for w in rank_part]
+        windows = [w for _, w in sorted(gathered, key=lambda iw: iw[0])]
     return suppress(windows, detector.head.cfg.postprocess)
 
 
@@ -136,7 +147,10 @@ def _evaluator(cfg: ExperimentConfig, val_set, annotations, device):
 
 
 def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> TrainResult:
-    """Train the config's detector; checkpoints, metrics.csv and logs go to `cfg.out_dir`."""
+    """Train the config's detector; checkpoints, metrics.csv and logs go to `cfg.out_dir`.
+
+    Under torchrun, data-parallel over the launched processes (`e2etal.distributed`)."""
+    distributed.init(resolve_device(cfg.train.device, "train.device"))
     device = resolve_device(cfg.train.device, "train.device")
     output_dir(cfg.out_dir, "out_dir")
     torch.manual_seed(cfg.train.seed)
@@ -181,7 +195,9 @@ def evaluate_checkpoint(
     """Detect on a subset (default: the subset the run validates on) and evaluate.
 
     `cfg` overrides the checkpoint's own config for data locations and evaluation
-    settings; the model is always the checkpoint's."""
+    settings; the model is always the checkpoint's. Under torchrun, the items are shared
+    out over the processes and the result is the single process's (`run_detection`)."""
+    distributed.init(resolve_device(device))
     detector, ckpt_cfg, classes = load_detector(checkpoint, device)
     cfg = cfg or ckpt_cfg
     if cfg.method != ckpt_cfg.method:

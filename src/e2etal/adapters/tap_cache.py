@@ -55,11 +55,12 @@ class TapCache:
         return tensors["tapped"].float(), tensors["last"].float()
 
     @torch.no_grad()
-    def fill(self, dataset, frozen, progress: bool = True) -> int:
-        """Compute and store the taps of every video of `dataset` (a `VideoWindows`) not
-        cached yet, with `frozen` (a `FrozenBackbone`), decoding ahead in a background
-        thread (`ClipStream`). Returns how many were computed."""
-        todo = [v for v in dataset.videos if not self.has(v)]
+    def fill(self, dataset, frozen, progress: bool = True, videos: list[str] | None = None) -> int:
+        """Compute and store the taps of every video of `dataset` (a `VideoWindows`), or of
+        `videos` among them (a rank's share), not cached yet, with `frozen` (a
+        `FrozenBackbone`), decoding ahead in a background thread (`ClipStream`). Returns
+        how many were computed."""
+        todo = [v for v in (dataset.videos if videos is None else videos) if not self.has(v)]
         if not todo:
             return 0
         device = next(frozen.parameters()).device

@@ -80,3 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"e2etal {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        # Leave the process group a torchrun-launched command joined; a command that never
+        # imported it (evaluation of files) must not import torch here either.
+        distributed = sys.modules.get("e2etal.distributed")
+        if distributed is not None:
+            distributed.shutdown()

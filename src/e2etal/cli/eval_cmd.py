@@ -49,9 +49,13 @@ def run(args) -> int:
     if args.subset is not None and not args.subset.strip():
         raise ValueError("--subset: expected a subset name (e.g. validation, test, or all), got an empty string")
     if args.checkpoint:
+        from e2etal import distributed
+
         result = _run_checkpoint(args)
+        if not distributed.is_main():
+            return 0
     elif args.ground_truth and args.predictions:
-        result = _run_files(args)
+        result = _run_files(args)  # without torch: it is not imported on this path
     else:
         raise ValueError("give --ground-truth and --predictions, or --checkpoint CKPT [CONFIG]")
     for note in result.notes:
@@ -66,6 +70,7 @@ def run(args) -> int:
 def _run_checkpoint(args):
     from pathlib import Path
 
+    from e2etal import distributed
     from e2etal.data.predictions import save_predictions
     from e2etal.experiment import evaluate_checkpoint, experiment_config
     from e2etal.io import output_file
@@ -79,8 +84,9 @@ def _run_checkpoint(args):
     out = args.out or checkpoint.parent / f"predictions_{checkpoint.name}_{subset}.json"
     out = output_file(out, "--out", create=False)
     result, detections = evaluate_checkpoint(args.checkpoint, cfg, subset=subset)
-    save_predictions(out, detections)
-    print(f"wrote {len(detections)} detections to {out}", file=sys.stderr)
+    if distributed.is_main():
+        save_predictions(out, detections)
+        print(f"wrote {len(detections)} detections to {out}", file=sys.stderr)
     return result
 
 

@@ -16,7 +16,8 @@ def register(sub) -> None:
         "(the config's lofi.schedule); stage 3 extracts full-fidelity snippet features with the trained "
         "encoder and with the untouched one, and trains the same head recipe (lofi.head_train) on each. "
         "Prints both mAP tables; everything, and report.json, goes to the config's out_dir. Run it again to "
-        "resume: finished stages are skipped, an interrupted one continues from its last checkpoint.",
+        "resume: finished stages are skipped, an interrupted one continues from its last checkpoint. Under "
+        "torchrun (torchrun --nproc_per_node N -m e2etal lofi CONFIG) every stage runs data-parallel.",
     )
     p.add_argument("config", help="YAML config with method: lofi")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -31,6 +32,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from e2etal import distributed
     from e2etal.config import load_config
     from e2etal.engine.trainer import resolve_device
     from e2etal.experiment import ExperimentConfig
@@ -45,12 +47,18 @@ def run(args) -> int:
     if not isinstance(cfg.pipeline, LoFiPipeline):
         raise ValueError(f"{args.config}: e2etal lofi runs a `method: lofi` config; this one has method {cfg.method!r} "
                          "(use e2etal train)")
-    resolve_device(cfg.train.device, "--device" if args.device else "train.device")
+    distributed.init(resolve_device(cfg.train.device, "--device" if args.device else "train.device"))
+    main = distributed.is_main()
     if args.memory_budget:
-        cfg, table = fit_to_budget(cfg, parse_gb(args.memory_budget))
-        print(table, file=sys.stderr)
-    print(f"stage 2 fidelity schedule: {cfg.pipeline.schedule(cfg).describe()}", file=sys.stderr)
+        # Every rank measures its own GPU; all train with rank 0's choice.
+        cfg, table = distributed.broadcast_object(fit_to_budget(cfg, parse_gb(args.memory_budget)))
+        if main:
+            print(table, file=sys.stderr)
+    if main:
+        print(f"stage 2 fidelity schedule: {cfg.pipeline.schedule(cfg).describe()}", file=sys.stderr)
     report = run_lofi(cfg, progress=not args.no_progress)
+    if not main:
+        return 0
     print(report.table())
     skipped = f" (skipped, already complete: {', '.join(report.skipped)})" if report.skipped else ""
     print(f"LoFi - untouched: {100 * (report.lofi.average_mAP - report.base.average_mAP):+.2f} points of average mAP; "

@@ -14,7 +14,9 @@ def register(sub) -> None:
         "pre-extracted features (method: features), or end to end on raw video beside a frozen backbone "
         "(method: losa, LoSA adapters; method: head_only, head-only transfer), or the encoder itself on raw video "
         "at low fidelity (method: lofi, LoFi's stage 2; `e2etal lofi` runs all of LoFi). Checkpoints (last/, best/), "
-        "metrics.csv and TensorBoard logs go to the config's out_dir; --resume continues a stopped run.",
+        "metrics.csv and TensorBoard logs go to the config's out_dir; --resume continues a stopped run. "
+        "Under torchrun (torchrun --nproc_per_node N -m e2etal train CONFIG) it trains data-parallel; "
+        "train.batch_size is then the global batch.",
     )
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -26,6 +28,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from e2etal import distributed
     from e2etal.experiment import ExperimentConfig, train
 
     overrides = list(args.overrides) + ([f"out_dir={args.out_dir}"] if args.out_dir else [])
@@ -40,5 +43,6 @@ def run(args) -> int:
                f"({result.epochs_run}) in {result.seconds:.1f} s")
     else:
         ran = f"trained {result.epochs_run} epochs in {result.seconds:.1f} s"
-    print(f"{ran}{best}; checkpoints in {result.out_dir}")
+    if distributed.is_main():
+        print(f"{ran}{best}; checkpoints in {result.out_dir}")
     return 0

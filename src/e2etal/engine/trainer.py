@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from e2etal import io
+from e2etal import distributed, io
 from e2etal.config import config_changes
 from e2etal.data.annotations import ClassMap
 from e2etal.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint, weight_mismatches
@@ -84,9 +84,12 @@ class TrainResult:
 
 def resolve_device(name: str, what: str = "device") -> torch.device:
     """"auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N"; a device that
-    is not there is a ValueError naming `what` (the option or config key)."""
+    is not there is a ValueError naming `what` (the option or config key). In a process
+    group, "auto" and "cuda" are this rank's GPU, `cuda:LOCAL_RANK`."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and distributed.active():
+        name = f"cuda:{distributed.local_rank()}"
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
@@ -140,6 +143,18 @@ class MetricsLog:
             self.writer.flush()
 
 
+class _Losses(nn.Module):
+    """The detector's `losses` as a forward, the call DDP wraps (it syncs gradients of
+    what runs through `forward` only)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch) -> dict:
+        return self.model.losses(batch)
+
+
 class Trainer:
     """AdamW or SGD, warm-up then cosine or step LR, gradient clipping, EMA, bf16 autocast
     on GPU, validation every few epochs, `last`/`best` checkpoints and resume.
@@ -147,7 +162,11 @@ class Trainer:
     Batches are `cfg.batch_size` items drawn at random each epoch, or, with
     `batch_sampler`, whatever `batch_sampler(epoch, generator)` yields: lists of keys to
     the dataset (batches of changing size and content, e.g. LoFi's fidelities). A sampler
-    with a `summary` attribute has it logged with the epoch's metrics."""
+    with a `summary` attribute has it logged with the epoch's metrics.
+
+    In a process group (`e2etal.distributed`) these are global batches: every rank draws
+    the same ones and trains on its part of each, the model wrapped in DDP; rank 0 alone
+    logs and writes checkpoints."""
 
     def __init__(
         self,
@@ -171,8 +190,16 @@ class Trainer:
         self.classes = classes
         self.evaluate = evaluate
         self.batch_sampler = batch_sampler
-        self.epoch_steps = [len(self._batches(e)) for e in range(cfg.epochs)] if batch_sampler else \
-            [math.ceil(len(train_set) / cfg.batch_size)] * cfg.epochs
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        if self.world > 1 and cfg.batch_size < self.world:
+            raise ValueError(f"train.batch_size is {cfg.batch_size}, below the world size {self.world}: it is the "
+                             f"global batch, and every rank needs a video per step; set it to a multiple of {self.world}")
+        self.epoch_steps = [len(self._rank_batches(e)) for e in range(cfg.epochs)]
+        self._check_batches()
+        self.step_model: nn.Module = _Losses(self.model)
+        if distributed.active():  # also at world size 1, so one GPU runs the code of many
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_model = nn.parallel.DistributedDataParallel(self.step_model, device_ids=ids)
         groups = _param_groups(model, cfg.weight_decay)
         if cfg.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
@@ -196,6 +223,8 @@ class Trainer:
         }
 
     def save(self, name: str) -> Path:
+        if not distributed.is_main():
+            return self.out_dir / name
         return save_checkpoint(
             self.out_dir / name,
             trainable_state(self.model),
@@ -239,26 +268,42 @@ class Trainer:
     def _generator(self, epoch: int) -> torch.Generator:
         return torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
 
-    def _batches(self, epoch: int) -> torch.utils.data.Sampler:
-        assert self.batch_sampler is not None
-        return self.batch_sampler(epoch, self._generator(epoch))
+    def _batches(self, epoch: int):
+        """The epoch's global batches: `batch_sampler`'s, or `batch_size` items at random, in
+        the order `DataLoader(shuffle=True, generator=...)` draws them (a seed for its
+        workers, then a `randperm`)."""
+        generator = self._generator(epoch)
+        if self.batch_sampler is not None:
+            return self.batch_sampler(epoch, generator)
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
+        order = torch.randperm(len(self.train_set), generator=generator).tolist()
+        size = self.cfg.batch_size
+        return [order[i : i + size] for i in range(0, len(order), size)]
+
+    def _rank_batches(self, epoch: int) -> list[list]:
+        """This rank's part of each global batch that has an item for every rank."""
+        return [distributed.rank_part(list(b), self.rank, self.world) for b in self._batches(epoch)
+                if len(b) >= self.world]
+
+    def _check_batches(self) -> None:
+        if self.world == 1:
+            return
+        if not all(self.epoch_steps):
+            raise ValueError(f"train: no batch of an epoch has {self.world} items (the world size), so no rank can "
+                             "train; use fewer processes or larger batches")
+        left_out = sum(len(b) for b in self._batches(0) if len(b) < self.world)
+        if left_out and distributed.is_main():
+            log.warning("the last batch of an epoch has fewer videos than the %d processes: %d video(s) per epoch "
+                        "are left out (a global batch size that divides the training set avoids it)", self.world, left_out)
 
     def _loader(self, epoch: int) -> torch.utils.data.DataLoader:
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(epoch)
-        if self.batch_sampler is not None:
-            return torch.utils.data.DataLoader(self.train_set, batch_sampler=self._batches(epoch),
-                                               collate_fn=self.collate, num_workers=self.cfg.num_workers)
-        generator = self._generator(epoch)
-        return torch.utils.data.DataLoader(
-            self.train_set,
-            batch_size=self.cfg.batch_size,
-            shuffle=True,
-            generator=generator,
-            collate_fn=self.collate,
-            num_workers=self.cfg.num_workers,
-            drop_last=False,
-        )
+        # Its own generator seeds the workers, and keeps the loader off the global RNG that
+        # dropout and drop path draw from.
+        return torch.utils.data.DataLoader(self.train_set, batch_sampler=self._rank_batches(epoch),
+                                           collate_fn=self.collate, num_workers=self.cfg.num_workers,
+                                           generator=self._generator(epoch))
 
     def _autocast(self):
         enabled = self.cfg.amp and self.device.type == "cuda"
@@ -270,24 +315,30 @@ class Trainer:
         sums: dict[str, float] = {}
         count = 0
         bar = tqdm(self._loader(epoch), desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
-                   disable=not self.cfg.progress, unit="batch")
+                   disable=not (self.cfg.progress and distributed.is_main()), unit="batch")
         for batch in bar:
             batch = batch.to(self.device)
             with self._autocast():
-                losses = self.model.losses(batch)
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"epoch {epoch + 1}: loss is {loss.item()} on videos {batch.video_ids}")
+                losses = self.step_model(batch)
+            # A rank's loss is its part of the global batch's (the head normalises by the
+            # positives of all ranks): summed over ranks it is the single process's loss,
+            # and every rank sees a NaN on any rank, so all of them stop together.
+            values = distributed.all_reduce_sum(torch.stack([v.detach().float() for v in losses.values()]))
+            total = dict(zip(losses, values.tolist()))
+            if not math.isfinite(total["loss"]):
+                raise FloatingPointError(f"epoch {epoch + 1}: loss is {total['loss']} on a batch with videos "
+                                         f"{batch.video_ids}" + (f" (rank {self.rank}'s part)" if self.world > 1 else ""))
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages gradients over ranks; the global batch's gradient is their sum.
+            (losses["loss"] * self.world).backward()
             if self.cfg.clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update(self.model)
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            for k, v in total.items():
+                sums[k] = sums.get(k, 0.0) + v
             count += 1
             bar.set_postfix(loss=f"{sums['loss'] / count:.3f}")
         return {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
@@ -303,14 +354,14 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume is not None:
             self.resume(resume)
-        metrics_log = MetricsLog(self.out_dir, self.cfg.tensorboard)
+        metrics_log = MetricsLog(self.out_dir, self.cfg.tensorboard) if distributed.is_main() else None
         first_epoch = self.epoch + 1
         row: dict = {}
         while self.epoch < self.cfg.epochs:
             epoch = self.epoch
             t0 = time.perf_counter()
             row = {"epoch": epoch + 1, "step": sum(self.epoch_steps[: epoch + 1]), **self.train_epoch(epoch)}
-            summary = getattr(self._batches(epoch), "summary", None) if self.batch_sampler else None
+            summary = getattr(self._batches(epoch), "summary", None)
             if summary:
                 row["batches"] = summary
             row["lr"] = self.scheduler.get_last_lr()[0]
@@ -327,9 +378,11 @@ class Trainer:
                     self.save("best")
             log.info("epoch %d/%d: %s", self.epoch, self.cfg.epochs,
                      ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "epoch"))
-            metrics_log.add(row, row["step"])
+            if metrics_log is not None:
+                metrics_log.add(row, row["step"])
             self.save("last")
             if self.cfg.checkpoint_every and self.epoch % self.cfg.checkpoint_every == 0:
                 self.save(f"epoch_{self.epoch:04d}")
+        distributed.barrier()  # the last checkpoint is on disk before any rank reads it
         return TrainResult(self.out_dir, self.epoch - first_epoch + 1, first_epoch, self.epoch, row, self.best_metric,
                            self.best_epoch, time.perf_counter() - start)

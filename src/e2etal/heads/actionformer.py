@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from e2etal import distributed
 from e2etal.heads.config import HeadConfig
 from e2etal.heads.targets import assign_targets, diou_loss_1d, make_points, sigmoid_focal_loss
 from e2etal.heads.transformer import SameConv1d, TransformerBlock
@@ -241,7 +242,9 @@ class ActionFormerHead(nn.Module):
         positive = valid & (cls_target.sum(dim=-1) > 0)  # [B, P]
 
         if self.training:
-            num_positive = positive.sum().clamp(min=1).to(self.loss_norm.dtype)
+            # In a process group, the positives of every rank's part of the global batch:
+            # the loss is then the single process's, whatever the split (e2etal.distributed).
+            num_positive = distributed.all_reduce_sum(positive.sum().to(self.loss_norm.dtype)).clamp(min=1)
             self.loss_norm.mul_(cfg.loss_norm_momentum).add_((1 - cfg.loss_norm_momentum) * num_positive)
         norm = self.loss_norm.detach()
 

@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from e2etal import io
+from e2etal import distributed, io
 from e2etal.backbones.factory import build_backbone
 from e2etal.data.annotations import load_annotations
 from e2etal.data.features import FeatureDataConfig
@@ -87,12 +87,15 @@ def _train(cfg, run_dir: Path, skipped: list[str], stage: str) -> None:
 
 
 def _save_encoder(stage2: Path) -> Path:
-    """The trained encoder's weights (the EMA's when the run kept one) as a plain state dict."""
-    ckpt = load_checkpoint(stage2 / "last", with_state=False)
-    weights = {k[len("encoder.") :]: v for k, v in ckpt.inference_weights.items() if k.startswith("encoder.")}
+    """The trained encoder's weights (the EMA's when the run kept one) as a plain state
+    dict, written by rank 0 and on disk for every rank when this returns."""
     path = stage2 / ENCODER_FILE
-    with io.atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
+    if distributed.is_main():
+        ckpt = load_checkpoint(stage2 / "last", with_state=False)
+        weights = {k[len("encoder.") :]: v for k, v in ckpt.inference_weights.items() if k.startswith("encoder.")}
+        with io.atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
+    distributed.barrier()
     return path
 
 
@@ -101,7 +104,9 @@ def extract_snippet_features(cfg, checkpoint: str | Path | None, out_dir: str | 
     """Full-fidelity snippet features of every video of `cfg.video.annotations` (all
     subsets) with `cfg.backbone` and the weights in `checkpoint` (None: random), one
     `[L, C]` float32 `.npy` and a `.json` sidecar per video in `out_dir`. Videos already
-    done with the same weights and settings are skipped. Returns the videos written."""
+    done with the same weights and settings are skipped. In a process group each rank
+    extracts its share, and all are written when this returns. Returns the videos this
+    process wrote."""
     from e2etal.pipelines.lofi import own_normalisation
 
     out_dir = io.output_dir(out_dir, "out_dir")
@@ -120,8 +125,8 @@ def extract_snippet_features(cfg, checkpoint: str | Path | None, out_dir: str | 
         "std": None if video.std is None else list(video.std),
     }
     written = []
-    videos = sorted(dataset.videos)
-    for vid in tqdm(videos, desc=f"features {out_dir.name}", unit="video", disable=not progress):
+    videos = distributed.shard(sorted(dataset.videos))
+    for vid in tqdm(videos, desc=f"features {out_dir.name}", unit="video", disable=not (progress and distributed.is_main())):
         npy, sidecar = out_dir / f"{vid}.npy", out_dir / f"{vid}.json"
         if finished_with(npy, sidecar, settings) is None:
             continue
@@ -135,6 +140,7 @@ def extract_snippet_features(cfg, checkpoint: str | Path | None, out_dir: str | 
                 "feature_center_s": "offset_s + i * step_s"}
         save_features(npy, sidecar, feats.numpy(), meta)
         written.append(npy)
+    distributed.barrier()
     return written
 
 
@@ -206,6 +212,7 @@ def run_lofi(cfg, progress: bool = True) -> LoFiReport:
 
     if not isinstance(cfg.pipeline, LoFiPipeline):
         raise ValueError(f"e2etal lofi runs a `method: lofi` config; this one has method {cfg.method!r}")
+    distributed.init(resolve_device(cfg.train.device, "train.device"))
     out = io.output_dir(cfg.out_dir, "out_dir")
     stages_s: dict[str, float] = {}
     skipped: list[str] = []
@@ -229,6 +236,8 @@ def run_lofi(cfg, progress: bool = True) -> LoFiReport:
         stages_s[f"head_{name}"] = time.perf_counter() - t0
 
     report = LoFiReport(out, results["base"], results["lofi"], stages_s, skipped)
+    if not distributed.is_main():
+        return report
     io.write_json(out / "report.json", {
         "config": cfg.name, "schedule": cfg.pipeline.schedule(cfg).describe(),
         "tiou": report.base.tiou.tolist(),

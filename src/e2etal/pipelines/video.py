@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from e2etal import distributed
 from e2etal.adapters.frozen import FrozenBackbone, _compute_dtype
 from e2etal.adapters.losa import LoSAAdapters
 from e2etal.adapters.tap_cache import TapCache
@@ -90,7 +91,9 @@ class VideoPipeline:
         if cache is not None:
             detector.backbone.to(device)
             for ds in sets:
-                cache.fill(ds, detector.backbone, progress=cfg.train.progress)
+                cache.fill(ds, detector.backbone, progress=cfg.train.progress and distributed.is_main(),
+                           videos=distributed.shard(sorted(ds.videos)))
+            distributed.barrier()  # every rank's share is written before any rank reads
         return sets
 
     def collate(self, cfg: ExperimentConfig, training: bool):
