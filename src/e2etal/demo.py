@@ -95,7 +95,8 @@ class DemoSettings:
     # the world's 64 px at full fidelity; stage 2 cycles S, T, ST (Long C-LoFi) at batch
     # `lofi_batch` for `lofi_epochs` epochs with AdamW at `lofi_lr`, the whole ViT trainable;
     # stage 3 trains the demo's head for `lofi_head_epochs` on each encoder's features. With
-    # 8 and 30 epochs `demo --method lofi` took 741 s on 2 CPU cores, past its 10 minutes.
+    # 8 and 30 epochs `demo --method lofi` took 741 s on 2 CPU cores, past its 10 minutes;
+    # with 4 and 15, 525-550 s (research/README.md).
     lofi_snippets: int = 64
     lofi_batch: int = 4
     lofi_epochs: int = 4

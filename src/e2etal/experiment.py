@@ -127,7 +127,7 @@ def run_detection(detector, dataset, collate, batch_size: int, device: torch.dev
     for batch in bar:
         windows.extend(detector.detect(batch.to(device)))
     if distributed.world_size() > 1:
-        gathered = [w for rank_part in distributed.gather_objects(list(zip(indices, windows))) for w in rank_part]
+        gathered = [pair for pairs in distributed.gather_objects(list(zip(indices, windows))) for pair in pairs]
         windows = [w for _, w in sorted(gathered, key=lambda iw: iw[0])]
     return suppress(windows, detector.head.cfg.postprocess)
 

@@ -17,7 +17,7 @@ from e2etal import __version__
 
 # name -> (module in e2etal.cli, one-line help shown by `e2etal --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("demo_cmd", "run the whole pipeline on synthetic video (7-8 minutes on 2 CPU cores)"),
+    "demo": ("demo_cmd", "run the whole pipeline on synthetic video (about 10 minutes on 2 CPU cores)"),
     "synth": ("synth_cmd", "write a synthetic world: untrimmed .mp4 videos with exact ground truth"),
     "train": ("train_cmd", "train a detector from a config (pre-extracted features, or raw video: LoSA, head-only, LoFi)"),
     "eval": ("eval_cmd", "evaluate detections (mAP per tIoU) against ground truth"),
@@ -30,6 +30,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def command_help(name: str) -> str:
     return COMMANDS[name][1]
+
+
+def add_config_options(p: argparse.ArgumentParser) -> None:
+    """`--set`, `--out-dir` and `--device`, for the commands that run a config."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=10 (repeatable)")
+    p.add_argument("--out-dir", help="shorthand for --set out_dir=...")
+    p.add_argument("--device", help="shorthand for --set train.device=... (auto, cpu, cuda, cuda:N)")
+
+
+def config_overrides(args) -> list[str]:
+    """The `key=value` overrides `add_config_options` collected, the shorthands last."""
+    return (list(args.overrides) + ([f"out_dir={args.out_dir}"] if args.out_dir else [])
+            + ([f"train.device={args.device}"] if args.device else []))
 
 
 def _command_in(argv: list[str]) -> str | None:

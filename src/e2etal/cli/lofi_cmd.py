@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from e2etal.cli import command_help
+from e2etal.cli import add_config_options, command_help, config_overrides
 
 
 def register(sub) -> None:
@@ -20,10 +20,7 @@ def register(sub) -> None:
         "torchrun (torchrun --nproc_per_node N -m e2etal lofi CONFIG) every stage runs data-parallel.",
     )
     p.add_argument("config", help="YAML config with method: lofi")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=10 (repeatable)")
-    p.add_argument("--out-dir", help="shorthand for --set out_dir=...")
-    p.add_argument("--device", help="shorthand for --set train.device=... (auto, cpu, cuda, cuda:N)")
+    add_config_options(p)
     p.add_argument("--memory-budget", metavar="SIZE", help="e.g. 16GB: on a GPU, measure one training step per "
                    "candidate fidelity and train at the highest fidelity, then the largest batch, that fits; on a "
                    "CPU it cannot be measured and the config's schedule is kept")
@@ -40,9 +37,7 @@ def run(args) -> int:
     from e2etal.lofi.stages import fit_to_budget, run_lofi
     from e2etal.pipelines.lofi import LoFiPipeline
 
-    overrides = list(args.overrides) + ([f"out_dir={args.out_dir}"] if args.out_dir else [])
-    overrides += [f"train.device={args.device}"] if args.device else []
-    overrides += ["train.progress=false"] if args.no_progress else []
+    overrides = config_overrides(args) + (["train.progress=false"] if args.no_progress else [])
     cfg = load_config(ExperimentConfig, args.config, overrides)
     if not isinstance(cfg.pipeline, LoFiPipeline):
         raise ValueError(f"{args.config}: e2etal lofi runs a `method: lofi` config; this one has method {cfg.method!r} "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from e2etal.cli import command_help
+from e2etal.cli import add_config_options, command_help, config_overrides
 from e2etal.config import load_config
 
 
@@ -19,11 +19,8 @@ def register(sub) -> None:
         "train.batch_size is then the global batch.",
     )
     p.add_argument("config", help="YAML config (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=10 (repeatable)")
+    add_config_options(p)
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint directory, e.g. OUT_DIR/last")
-    p.add_argument("--out-dir", help="shorthand for --set out_dir=...")
-    p.add_argument("--device", help="shorthand for --set train.device=... (auto, cpu, cuda, cuda:N)")
     p.set_defaults(func=run)
 
 
@@ -31,9 +28,7 @@ def run(args) -> int:
     from e2etal import distributed
     from e2etal.experiment import ExperimentConfig, train
 
-    overrides = list(args.overrides) + ([f"out_dir={args.out_dir}"] if args.out_dir else [])
-    overrides += [f"train.device={args.device}"] if args.device else []
-    cfg = load_config(ExperimentConfig, args.config, overrides)
+    cfg = load_config(ExperimentConfig, args.config, config_overrides(args))
     result = train(cfg, resume=args.resume)
     best = f", best average mAP {100 * result.best_metric:.2f} at epoch {result.best_epoch}" if result.best_metric is not None else ""
     if result.epochs_run == 0:

@@ -269,13 +269,14 @@ class Trainer:
         return torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
 
     def _batches(self, epoch: int):
-        """The epoch's global batches: `batch_sampler`'s, or `batch_size` items at random, in
-        the order `DataLoader(shuffle=True, generator=...)` draws them (a seed for its
-        workers, then a `randperm`)."""
+        """The epoch's global batches: `batch_sampler`'s, or `batch_size` items at random."""
         generator = self._generator(epoch)
         if self.batch_sampler is not None:
             return self.batch_sampler(epoch, generator)
-        torch.empty((), dtype=torch.int64).random_(generator=generator)
+        # Two seeds drawn, then a randperm: the order in which the runs of research/README.md
+        # were trained (a shuffling DataLoader drew a worker seed for each of the two
+        # iterators that tqdm.auto and the loop made), so that they reproduce.
+        torch.empty(2, dtype=torch.int64).random_(generator=generator)
         order = torch.randperm(len(self.train_set), generator=generator).tolist()
         size = self.cfg.batch_size
         return [order[i : i + size] for i in range(0, len(order), size)]
@@ -314,7 +315,9 @@ class Trainer:
         torch.manual_seed(self.cfg.seed * 1000 + epoch)
         sums: dict[str, float] = {}
         count = 0
-        bar = tqdm(self._loader(epoch), desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
+        # An iterator, not the loader: tqdm.auto would make one more of the loader's own
+        # (starting its workers twice).
+        bar = tqdm(iter(self._loader(epoch)), desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
                    disable=not (self.cfg.progress and distributed.is_main()), unit="batch")
         for batch in bar:
             batch = batch.to(self.device)
