@@ -3,6 +3,7 @@ process's weights, evaluation and checkpoints (`e2etal.distributed`)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -174,3 +175,35 @@ def test_lofi_on_two_ranks_runs_every_stage_as_one_process_does(videos, tmp_path
     for name in ("head_base", "head_lofi"):
         assert_same_weights(one / name / "last", two / name / "last")
     assert set(json.loads((two / "report.json").read_text())) >= {"untouched_encoder", "lofi_encoder"}
+
+
+def test_lofi_sharded_by_fsdp2_trains_the_single_process_weights_and_resumes_across_world_sizes(tmp_path,
+                                                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "none.yaml").write_text("name: fsdp\n")
+    videos = make_video_dataset(tmp_path / "data", num_train=5, num_val=3)
+
+    def overrides(name):
+        # SGD with momentum and an EMA (state to shard and gather); a global batch of 5 split 3 + 2 and
+        # micro-batches of 5 snippets, so the ranks run the encoder's blocks different
+        # numbers of times a step; 3 validation videos split 2 + 1, evaluated every epoch.
+        return lofi_overrides(videos, tmp_path / name, "long_c", 2) + [
+            "lofi.fsdp=true", "lofi.schedule.batch=5", "lofi.micro_batch=5", "train.momentum=0.9",
+            "train.lr=0.05", "train.ema_decay=0.9", "train.eval_every=1", "train.checkpoint_every=1",
+            "eval.batch_size=1", "train.device=cpu"]
+
+    train(load_config(ExperimentConfig, None, overrides("one")))  # one process: lofi.fsdp has nothing to shard
+    done = e2etal_train(overrides("two"))
+    held, total = map(int, re.search(r"FSDP2: .* rank 0 holds (\d+) of the model's (\d+) param", done.stderr).groups())
+    assert 0.45 * total <= held <= 0.55 * total  # about half (a shard of an odd dim 0 has its extra row)
+    names = ("model.safetensors", "ema.safetensors")
+    assert_same_weights(tmp_path / "one" / "last", tmp_path / "two" / "last", names)
+    ref, two = ([line.split(",") for line in (tmp_path / n / "metrics.csv").read_text().splitlines()]
+                for n in ("one", "two"))
+    col = ref[0].index("average_mAP")
+    assert [float(r[col]) for r in two[1:]] == pytest.approx([float(r[col]) for r in ref[1:]], abs=1e-6)
+    # a sharded run's checkpoint (whole tensors) resumes in one process, and one process's in a sharded run
+    train(load_config(ExperimentConfig, None, overrides("resumed")), resume=tmp_path / "two" / "epoch_0001")
+    assert_same_weights(tmp_path / "one" / "last", tmp_path / "resumed" / "last", names)
+    e2etal_train(overrides("resumed2"), "--resume", str(tmp_path / "one" / "epoch_0001"))
+    assert_same_weights(tmp_path / "one" / "last", tmp_path / "resumed2" / "last", names)

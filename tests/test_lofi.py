@@ -234,3 +234,11 @@ def test_activitynet_presets_follow_the_paper(name):
     assert (t.optimizer, t.lr, t.momentum, t.weight_decay, t.schedule, t.step_epochs, t.step_gamma) == \
         ("sgd", 0.1, 0.0, 1e-4, "step", 5, 0.5)
     assert (cfg.lofi.snippet_frames, cfg.lofi.frame_interval) == (8, 8)
+
+
+def test_one_snippet_micro_batches_are_refused_with_fsdp():
+    from e2etal.lofi.config import LoFiConfig
+
+    with pytest.raises(ValueError, match="lofi.micro_batch: 1 cannot be used with lofi.fsdp"):
+        LoFiConfig(fsdp=True, micro_batch=1)
+    assert LoFiConfig(fsdp=True, micro_batch=2).fsdp

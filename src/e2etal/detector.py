@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from e2etal import distributed
 from e2etal.adapters.frozen import FrozenBackbone
 from e2etal.adapters.losa import LoSAAdapters
 from e2etal.data.annotations import ClassMap
@@ -160,17 +161,25 @@ class LoFiDetector(nn.Module):
     the checkpoint: they are what stage 2 trains.
     """
 
-    def __init__(self, encoder: nn.Module, head: ActionFormerHead, micro_batch: int | None = None):
+    def __init__(self, encoder: nn.Module, head: ActionFormerHead, micro_batch: int | None = None,
+                 even_calls: bool = False):
         super().__init__()
         self.encoder = encoder
         self.head = head
         self.micro_batch = micro_batch
+        # Sharded training (FSDP2) communicates in the backward of every encoder call, so
+        # every rank must make as many calls a step, whatever the size of its part: its
+        # part is then cut into the largest number of micro-batches any rank needs.
+        self.even_calls = even_calls
 
     def features(self, batch: SnippetBatch) -> torch.Tensor:  # [B, C, T]
         b, length = batch.clips.shape[:2]
         clips = batch.clips.flatten(0, 1)  # [B * L, 3, F, H, W]
         step = self.micro_batch or clips.shape[0]
-        feats = torch.cat([self.encoder.clip_features(part) for part in clips.split(step)])  # [B * L, C]
+        parts = clips.split(step)
+        if self.even_calls and torch.is_grad_enabled():
+            parts = clips.tensor_split(distributed.max_over_ranks(len(parts)))
+        feats = torch.cat([self.encoder.clip_features(part) for part in parts])  # [B * L, C]
         feats = feats.view(b, length, -1).transpose(1, 2)  # [B, C, L]
         return nn.functional.pad(feats, (0, batch.mask.shape[1] - length))  # [B, C, T], zero padding
 

@@ -96,6 +96,17 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def max_over_ranks(value: int) -> int:
+    """The largest of the ranks' `value`s, on every rank."""
+    if not active() or world_size() == 1:
+        return value
+    box = torch.tensor([value], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        box = box.cuda()
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return int(box.item())
+
+
 def gather_objects(obj) -> list:
     """Every rank's `obj`, in rank order, on every rank (picklable objects; tensors are
     best moved to the CPU first)."""

@@ -172,6 +172,7 @@ def train(cfg: ExperimentConfig, resume: str | Path | None = None) -> TrainResul
         classes,
         evaluate=_evaluator(cfg, val_set, annotations, device),
         batch_sampler=cfg.pipeline.batch_sampler(cfg, train_set),
+        shard_units=cfg.pipeline.shard_units(cfg, detector),
     )
     return trainer.fit(resume=resume)
 

@@ -1,6 +1,6 @@
 """What every video backbone tells the code that runs it, whatever its family.
 
-Each backbone (`VisionTransformer`, `TSMResNet`) has the same four things:
+Each backbone (`VisionTransformer`, `TSMResNet`) has the same five things:
 
     tap_layout()                      -> TapLayout: its tappable layers and their widths
     forward_taps(clips, taps, tap_fn) -> (last layer's tokens [B, T', h, w, D],
@@ -8,6 +8,9 @@ Each backbone (`VisionTransformer`, `TSMResNet`) has the same four things:
     clip_features(clips)              -> one feature per clip [B, D]
     pixel_mean, pixel_std             -> the normalisation of [0, 1] RGB it was trained
                                          with (None: none)
+    shard_units()                     -> the modules FSDP2 shards one group each
+                                         (`e2etal.engine.sharding`): its blocks, each
+                                         run through its own forward
 
 so the frozen pass (`e2etal.adapters.frozen`) and feature extraction (`e2etal.extract`)
 never ask which family they run.

@@ -260,6 +260,10 @@ class TSMResNet(nn.Module):
     def stages(self) -> tuple[nn.ModuleList, ...]:
         return (self.layer1, self.layer2, self.layer3, self.layer4)
 
+    def shard_units(self) -> list[nn.Module]:
+        """The bottleneck blocks, each called through its own forward (a stage never is)."""
+        return [block for stage in self.stages for block in stage]
+
     def tap_layout(self) -> TapLayout:
         return TapLayout(widths=self.stage_widths, frames_per_position=1, default_taps=DEFAULT_TAPS, unit="stage")
 

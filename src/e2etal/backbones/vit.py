@@ -353,6 +353,9 @@ class VisionTransformer(nn.Module):
         return TapLayout(widths=(self.embed_dim,) * self.depth, frames_per_position=self.tubelet_size,
                          default_taps=default_taps(self.depth), unit="block")
 
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.blocks)
+
     def freeze_layers(self, count: int) -> None:
         """Leave only the blocks after the first `count` trainable: the patch embedding and
         blocks 1..count take no gradient, run under no_grad (nothing of them is kept for

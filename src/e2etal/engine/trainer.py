@@ -12,6 +12,8 @@ import csv
 import logging
 import math
 import time
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,6 +26,7 @@ from e2etal import distributed, io
 from e2etal.config import config_changes
 from e2etal.data.annotations import ClassMap
 from e2etal.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint, weight_mismatches
+from e2etal.engine import sharding
 from e2etal.engine.ema import ModelEMA, trainable_state
 from e2etal.engine.schedule import SCHEDULES, lr_schedule
 
@@ -165,8 +168,10 @@ class Trainer:
     with a `summary` attribute has it logged with the epoch's metrics.
 
     In a process group (`e2etal.distributed`) these are global batches: every rank draws
-    the same ones and trains on its part of each, the model wrapped in DDP; rank 0 alone
-    logs and writes checkpoints."""
+    the same ones and trains on its part of each, the model wrapped in DDP, or, with
+    `shard_units` and more than one rank, sharded by FSDP2 (`e2etal.engine.sharding`,
+    one group per unit); rank 0 alone logs and writes checkpoints, which are a plain
+    process's either way."""
 
     def __init__(
         self,
@@ -179,6 +184,7 @@ class Trainer:
         classes: ClassMap,
         evaluate: Callable[[nn.Module], dict] | None = None,
         batch_sampler: Callable[[int, torch.Generator], torch.utils.data.Sampler] | None = None,
+        shard_units: Sequence[nn.Module] | None = None,
     ):
         self.cfg = cfg
         self.device = resolve_device(cfg.device, "train.device")
@@ -197,7 +203,14 @@ class Trainer:
         self.epoch_steps = [len(self._rank_batches(e)) for e in range(cfg.epochs)]
         self._check_batches()
         self.step_model: nn.Module = _Losses(self.model)
-        if distributed.active():  # also at world size 1, so one GPU runs the code of many
+        self.sharded = shard_units is not None and self.world > 1
+        if self.sharded:
+            units = list(shard_units)
+            self.whole_params = sharding.shard(self.step_model, units, self.device)
+            held, total = sharding.held_parameters(self.model)
+            log.info("FSDP2: %d groups sharded over %d processes; rank 0 holds %d of the model's %d parameters "
+                     "between steps", len(units) + 1, self.world, held, total)
+        elif distributed.active():  # also at world size 1, so one GPU runs the code of many
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_model = nn.parallel.DistributedDataParallel(self.step_model, device_ids=ids)
         groups = _param_groups(model, cfg.weight_decay)
@@ -216,23 +229,21 @@ class Trainer:
     def _training_state(self) -> dict:
         return {
             "epoch": self.epoch,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": sharding.full_optimizer_state(self.optimizer) if self.sharded else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
         }
 
     def save(self, name: str) -> Path:
+        whole = sharding.full_state if self.sharded else dict  # gathering is every rank's
+        model_state = whole(trainable_state(self.model))
+        ema_state = whole(self.ema.state_dict()) if self.ema is not None else None
+        training_state = self._training_state()
         if not distributed.is_main():
             return self.out_dir / name
-        return save_checkpoint(
-            self.out_dir / name,
-            trainable_state(self.model),
-            self.config_dict,
-            self.classes,
-            ema_state=self.ema.state_dict() if self.ema is not None else None,
-            training_state=self._training_state(),
-        )
+        return save_checkpoint(self.out_dir / name, model_state, self.config_dict, self.classes, ema_state=ema_state,
+                               training_state=training_state)
 
     def resume(self, path: str | Path) -> None:
         ckpt = load_checkpoint(path)
@@ -249,13 +260,18 @@ class Trainer:
         problems = weight_mismatches(self.model, ckpt.model)
         if problems:
             raise does_not_fit("its weights do not fit", "; ".join(problems))
-        load_weights(self.model, ckpt.model, ckpt.path)
+        # A checkpoint holds whole tensors; a sharded run takes its own shards of them.
+        cut = sharding.cut_state if self.sharded else (lambda like, state: state)
+        load_weights(self.model, cut(self.model.state_dict(), ckpt.model), ckpt.path)
         if self.ema is not None:
             if ckpt.ema is None:
                 raise ValueError(f"{ckpt.path}: has no EMA weights but train.ema_decay is set")
-            self.ema.load_state_dict(ckpt.ema)
+            self.ema.load_state_dict(cut(self.ema.shadow, ckpt.ema))
         try:
-            self.optimizer.load_state_dict(ckpt.state["optimizer"])
+            if self.sharded:
+                sharding.load_optimizer_state(self.optimizer, ckpt.state["optimizer"])
+            else:
+                self.optimizer.load_state_dict(ckpt.state["optimizer"])
         except ValueError as e:  # the model has parameters the saved optimizer never saw
             raise does_not_fit("its optimizer state does not fit", str(e)) from None
         self.scheduler.load_state_dict(ckpt.state["scheduler"])
@@ -332,8 +348,10 @@ class Trainer:
                 raise FloatingPointError(f"epoch {epoch + 1}: loss is {total['loss']} on a batch with videos "
                                          f"{batch.video_ids}" + (f" (rank {self.rank}'s part)" if self.world > 1 else ""))
             self.optimizer.zero_grad(set_to_none=True)
-            # DDP averages gradients over ranks; the global batch's gradient is their sum.
+            # DDP and FSDP2 average gradients over ranks; the global batch's gradient is their sum.
             (losses["loss"] * self.world).backward()
+            if self.sharded:
+                sharding.average_gradients(self.whole_params)
             if self.cfg.clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
             self.optimizer.step()
@@ -347,10 +365,11 @@ class Trainer:
         return {f"train_{k}": v / max(count, 1) for k, v in sums.items()}
 
     def _evaluate(self) -> dict:
-        if self.ema is None:
-            return self.evaluate(self.model)
-        with self.ema.applied(self.model):
-            return self.evaluate(self.model)
+        # The EMA's weights go into the shards first, then every group is gathered whole
+        # for the ranks' unequal shares of the evaluation items.
+        with self.ema.applied(self.model) if self.ema is not None else nullcontext():
+            with sharding.gathered(self.step_model) if self.sharded else nullcontext():
+                return self.evaluate(self.model)
 
     def fit(self, resume: str | Path | None = None) -> TrainResult:
         start = time.perf_counter()

@@ -40,6 +40,11 @@ class LoFiConfig:
     trainable_layers: int | None = None
     checkpointing: bool = True  # per-block activation checkpointing of the trainable layers
     micro_batch: int | None = None  # snippets per encoder call; None: a batch's snippets at once
+    # Under torchrun with more than one process: FSDP2 instead of DDP, each encoder block
+    # (and the rest of the model) a group whose parameters, gradients and optimizer state
+    # every rank holds one shard of between steps (e2etal.engine.sharding). A single
+    # process ignores it.
+    fsdp: bool = False
     head_train: TrainConfig = field(default_factory=default_head_train)  # stage 3
 
     def __post_init__(self) -> None:
@@ -53,5 +58,9 @@ class LoFiConfig:
             raise ValueError(f"lofi.trainable_layers: expected >= 1 or null (all), got {self.trainable_layers}")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise ValueError(f"lofi.micro_batch: expected >= 1 or null, got {self.micro_batch}")
+        if self.fsdp and self.micro_batch == 1:
+            # A rank's part can be a video smaller than another's: with one snippet per call
+            # it could not make as many encoder calls as the other ranks (see LoFiDetector).
+            raise ValueError("lofi.micro_batch: 1 cannot be used with lofi.fsdp; use 2 or more, or null")
         if not 0 < self.crop_keep_ratio <= 1:
             raise ValueError(f"lofi.crop_keep_ratio: expected in (0, 1], got {self.crop_keep_ratio}")

@@ -53,6 +53,10 @@ class Pipeline(Protocol):
         """`(epoch, generator) -> Sampler` of the training batches, or None for the
         engine's own (`train.batch_size` items at random)."""
 
+    def shard_units(self, cfg: ExperimentConfig, detector: nn.Module) -> list[nn.Module] | None:
+        """The modules FSDP2 shards one group each when more than one process trains
+        (`e2etal.engine.sharding`), or None for DDP."""
+
 
 from e2etal.pipelines.features import FeaturePipeline  # noqa: E402 (they implement the protocols above)
 from e2etal.pipelines.lofi import LoFiPipeline  # noqa: E402

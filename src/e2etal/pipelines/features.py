@@ -52,6 +52,9 @@ class FeaturePipeline:
     def batch_sampler(self, cfg: ExperimentConfig, train_set) -> None:
         return None
 
+    def shard_units(self, cfg: ExperimentConfig, detector) -> None:
+        return None
+
     def detect_file(self, detector: FeatureDetector, cfg: ExperimentConfig, path: Path, video_id: str,
                     fps: float | None, duration_s: float | None) -> list[VideoDetections]:
         """Candidates of one video's feature file, in seconds, not yet suppressed. The time

@@ -70,7 +70,7 @@ class LoFiPipeline:
         if cfg.model.max_seq_len < full.snippets:
             raise ValueError(f"model.max_seq_len {cfg.model.max_seq_len} is shorter than the {full.snippets} snippets "
                              "of lofi.schedule.snippets")
-        return LoFiDetector(encoder, build_head(cfg.model), cfg.lofi.micro_batch)
+        return LoFiDetector(encoder, build_head(cfg.model), cfg.lofi.micro_batch, even_calls=cfg.lofi.fsdp)
 
     def build_datasets(self, cfg: ExperimentConfig, annotations: Annotations, classes: ClassMap,
                        detector: LoFiDetector, device: torch.device,
@@ -89,6 +89,11 @@ class LoFiPipeline:
         log.info("fidelity schedule %s", schedule.describe())
         sizes = FidelityBatches.epoch_sizes(len(train_set), schedule, cfg.train.epochs)
         return lambda epoch, generator: FidelityBatches(len(train_set), schedule, epoch, sum(sizes[:epoch]), generator)
+
+    def shard_units(self, cfg: ExperimentConfig, detector: LoFiDetector) -> list[torch.nn.Module] | None:
+        """With `lofi.fsdp`, the encoder's blocks (frozen ones too: they are gathered for
+        their forward only)."""
+        return detector.encoder.shard_units() if cfg.lofi.fsdp else None
 
     def video_file_dataset(self, detector: LoFiDetector, cfg: ExperimentConfig, path: Path, video_id: str,
                            classes: ClassMap) -> SnippetDataset:

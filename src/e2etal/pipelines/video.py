@@ -102,6 +102,9 @@ class VideoPipeline:
     def batch_sampler(self, cfg: ExperimentConfig, train_set) -> None:
         return None
 
+    def shard_units(self, cfg: ExperimentConfig, detector) -> None:
+        return None
+
     def video_file_dataset(self, detector: VideoDetector, cfg: ExperimentConfig, path: Path, video_id: str,
                            classes: ClassMap) -> VideoWindows:
         """The evaluation windows of one video file, outside any dataset."""
