@@ -97,7 +97,11 @@ def _step_process(backbone: str, fidelity: Fidelity, steps: int, device_name: st
 
 
 def measure(backbone: str, fidelity: Fidelity, steps: int, device: torch.device, threads: int) -> dict:
-    ctx = multiprocessing.get_context("spawn")  # nothing of one row's memory in the next
+    # A process per row: nothing of one row's memory in the next. On a CPU it is forked
+    # from this one, which has imported but not yet run torch (a spawned one would spend
+    # seconds importing it again); CUDA needs a spawned one.
+    fork = device.type == "cpu" and "fork" in multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if fork else "spawn")
     receive, send = ctx.Pipe(duplex=False)
     process = ctx.Process(target=_step_process, args=(backbone, fidelity, steps, str(device), threads, send))
     process.start()
@@ -129,6 +133,10 @@ def main() -> None:
     batch = args.batch if args.batch is not None else (FULL.batch if cuda else 1)
 
     full = FULL if args.full is None else Fidelity(args.full[0], args.full[1], FULL.batch)
+    if device.type == "cpu":
+        # The first optimizer of a process imports torch._dynamo (seconds); done here once,
+        # the forked rows inherit it.
+        import torch._dynamo  # noqa: F401
     rows = []
     for backbone in args.backbones:
         multiple = 16 if backbone.startswith("vit") else 1

@@ -50,6 +50,43 @@ class RandomFeatures(torch.utils.data.Dataset):
                            torch.randint(0, self.num_classes, (4,), generator=g), FeatureGrid(8 / 30, 4 / 30), None)
 
 
+def measure(videos: int = 413, length: int = 2300, channels: int = 2048, batch_size: int = 2,
+            max_seq_len: int = 2304, device: str = "auto") -> dict:
+    """One training epoch of the THUMOS-14 I3D preset's head on `videos` random videos:
+    the figures `main` prints (peak memory is this process's)."""
+    dev = resolve_device(device)
+    cfg = load_config(ExperimentConfig, CONFIG, [
+        f"model.input_dim={channels}", f"train.batch_size={batch_size}", f"train.device={dev}",
+        f"model.max_seq_len={max_seq_len}", f"data.max_seq_len={max_seq_len}",
+        "train.epochs=1", "train.warmup_epochs=0", "train.tensorboard=false"])
+    dataset = RandomFeatures(videos, length, channels, cfg.model.num_classes, cfg.data.max_seq_len)
+    collate = partial(collate_features, pad_multiple=cfg.model.max_stride, pad_to=cfg.data.max_seq_len)
+    detector = build_detector(cfg)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(detector, dataset, collate, cfg.train, out, to_dict(cfg), ClassMap(tuple(map(str, range(20)))))
+        t0 = time.perf_counter()
+        trainer.train_epoch(0)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+    if dev.type == "cuda":
+        peak_gb = torch.cuda.max_memory_allocated() / 2**30
+        machine = torch.cuda.get_device_name()
+    else:
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    steps = trainer.epoch_steps[0]
+    return {
+        "benchmark": "train_throughput", "device": machine, "videos": videos, "length": length,
+        "channels": channels, "batch_size": batch_size, "padded_length": cfg.data.max_seq_len,
+        "seconds": seconds, "videos_per_s": videos / seconds, "s_per_step": seconds / steps,
+        "peak_memory_gb": peak_gb, "amp_bf16": cfg.train.amp and dev.type == "cuda",
+        "torch": torch.__version__, "python": sys.version.split()[0],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", type=int, default=413)
@@ -59,38 +96,9 @@ def main() -> None:
     ap.add_argument("--max-seq-len", type=int, default=2304, help="training crop and padding (a multiple of 32)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
-
+    out = measure(args.videos, args.length, args.channels, args.batch_size, args.max_seq_len, args.device)
     device = resolve_device(args.device)
-    cfg = load_config(ExperimentConfig, CONFIG, [
-        f"model.input_dim={args.channels}", f"train.batch_size={args.batch_size}", f"train.device={device}",
-        f"model.max_seq_len={args.max_seq_len}", f"data.max_seq_len={args.max_seq_len}",
-        "train.epochs=1", "train.warmup_epochs=0", "train.tensorboard=false"])
-    dataset = RandomFeatures(args.videos, args.length, args.channels, cfg.model.num_classes, cfg.data.max_seq_len)
-    collate = partial(collate_features, pad_multiple=cfg.model.max_stride, pad_to=cfg.data.max_seq_len)
-    detector = build_detector(cfg)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(detector, dataset, collate, cfg.train, out, to_dict(cfg), ClassMap(tuple(map(str, range(20)))))
-        t0 = time.perf_counter()
-        trainer.train_epoch(0)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-    if device.type == "cuda":
-        peak_gb = torch.cuda.max_memory_allocated() / 2**30
-        machine = torch.cuda.get_device_name()
-    else:
-        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-        machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
-    steps = trainer.epoch_steps[0]
-    out = {
-        "benchmark": "train_throughput", "device": machine, "videos": args.videos, "length": args.length,
-        "channels": args.channels, "batch_size": args.batch_size, "padded_length": cfg.data.max_seq_len,
-        "seconds": seconds, "videos_per_s": args.videos / seconds, "s_per_step": seconds / steps,
-        "peak_memory_gb": peak_gb, "amp_bf16": cfg.train.amp and device.type == "cuda",
-        "torch": torch.__version__, "python": sys.version.split()[0],
-    }
+    peak_gb = out["peak_memory_gb"]
     print(json.dumps(out))
     print(f"\n{'device':<12}{'videos/s':>10}{'s/step':>10}{'peak GB':>10}")
     print(f"{device.type:<12}{out['videos_per_s']:>10.2f}{out['s_per_step']:>10.3f}{peak_gb:>10.2f}")

@@ -186,11 +186,12 @@ def test_lofi_sharded_by_fsdp2_trains_the_single_process_weights_and_resumes_acr
     def overrides(name):
         # SGD with momentum and an EMA (state to shard and gather); a global batch of 5 split 3 + 2 and
         # micro-batches of 5 snippets, so the ranks run the encoder's blocks different
-        # numbers of times a step; 3 validation videos split 2 + 1, evaluated every epoch.
+        # numbers of times a step; a gradient norm clipped on every step (over all the shards);
+        # 3 validation videos split 2 + 1, evaluated every epoch.
         return lofi_overrides(videos, tmp_path / name, "long_c", 2) + [
             "lofi.fsdp=true", "lofi.schedule.batch=5", "lofi.micro_batch=5", "train.momentum=0.9",
-            "train.lr=0.05", "train.ema_decay=0.9", "train.eval_every=1", "train.checkpoint_every=1",
-            "eval.batch_size=1", "train.device=cpu"]
+            "train.lr=0.05", "train.clip_grad_norm=0.05", "train.ema_decay=0.9", "train.eval_every=1",
+            "train.checkpoint_every=1", "eval.batch_size=1", "train.device=cpu"]
 
     train(load_config(ExperimentConfig, None, overrides("one")))  # one process: lofi.fsdp has nothing to shard
     done = e2etal_train(overrides("two"))

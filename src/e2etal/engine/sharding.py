@@ -24,11 +24,11 @@ from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from e2etal import distributed
+
+# torch.distributed.fsdp and .tensor are imported where used: they take over a second to
+# import, which every process that trains would pay whether it shards or not.
 
 __all__ = ["average_gradients", "cut_state", "full_optimizer_state", "full_state", "gathered", "held_parameters", "load_optimizer_state", "shard"]
 
@@ -40,6 +40,9 @@ def shard(model: nn.Module, units: Iterable[nn.Module], device: torch.device) ->
 
     FSDP2 cannot shard a scalar parameter (the head's regression scales): those stay whole
     on every rank, and are returned, for `average_gradients` after every backward."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
     mesh = init_device_mesh(device.type, (distributed.world_size(),))
     whole = [p for p in model.parameters() if p.ndim == 0]
     for unit in units:
@@ -61,6 +64,8 @@ def average_gradients(params: list[nn.Parameter]) -> None:
 
 def held_parameters(model: nn.Module) -> tuple[int, int]:
     """(elements of `model`'s parameters this rank holds between steps, elements in all)."""
+    from torch.distributed.tensor import DTensor
+
     params = list(model.parameters())
     held = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params)
     return held, sum(p.numel() for p in params)
@@ -68,6 +73,8 @@ def held_parameters(model: nn.Module) -> tuple[int, int]:
 
 def _whole(value):
     """A sharded tensor gathered whole, on the CPU (a checkpoint's way there); anything else as it is."""
+    from torch.distributed.tensor import DTensor
+
     return value.full_tensor().cpu() if isinstance(value, DTensor) else value
 
 
@@ -78,6 +85,8 @@ def full_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _cut_like(like: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
     """`whole` as `like` holds it: this rank's shard when `like` is sharded."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
     whole = whole.to(device=like.device, dtype=like.dtype)
     if isinstance(like, DTensor):
         # Every rank has the whole tensor (they all read the same checkpoint): each cuts
@@ -115,6 +124,8 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
 def gathered(model: nn.Module) -> Iterator[nn.Module]:
     """`model` with every group's parameters gathered whole and kept so until the end
     (evaluation: ranks then run different numbers of forwards, with no collective in any)."""
+    from torch.distributed.fsdp import FSDPModule
+
     groups = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for group in groups:
         group.unshard()
