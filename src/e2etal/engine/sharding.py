@@ -30,7 +30,8 @@ from e2etal import distributed
 # torch.distributed.fsdp and .tensor are imported where used: they take over a second to
 # import, which every process that trains would pay whether it shards or not.
 
-__all__ = ["average_gradients", "cut_state", "full_optimizer_state", "full_state", "gathered", "held_parameters", "load_optimizer_state", "shard"]
+__all__ = ["average_gradients", "cut_state", "full_optimizer_state", "full_state", "gathered", "held_parameters",
+           "load_optimizer_state", "shard"]
 
 
 def shard(model: nn.Module, units: Iterable[nn.Module], device: torch.device) -> list[nn.Parameter]:

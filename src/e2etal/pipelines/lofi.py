@@ -91,8 +91,8 @@ class LoFiPipeline:
         return lambda epoch, generator: FidelityBatches(len(train_set), schedule, epoch, sum(sizes[:epoch]), generator)
 
     def shard_units(self, cfg: ExperimentConfig, detector: LoFiDetector) -> list[torch.nn.Module] | None:
-        """With `lofi.fsdp`, the encoder's blocks (frozen ones too: they are gathered for
-        their forward only)."""
+        """With `lofi.fsdp`, the encoder's blocks, frozen ones too (their shards save the
+        same memory between steps)."""
         return detector.encoder.shard_units() if cfg.lofi.fsdp else None
 
     def video_file_dataset(self, detector: LoFiDetector, cfg: ExperimentConfig, path: Path, video_id: str,
