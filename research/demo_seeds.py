@@ -3,7 +3,7 @@ world, over several seeds (world, pretraining and training all change with the s
 
     python research/demo_seeds.py [--seeds 0 1 2] [--out /tmp/e2etal-demo-seeds] [--quick]
                                     [--pretrain-classes N | all] [--short-conv-kernel K]
-                                    [--train-seeds K]
+                                    [--train-seeds K] [--epochs E]
 
 With `--train-seeds K`, each method is trained K times on each seed's world and backbone
 (the demo's own run, then K - 1 more training seeds on the same tap cache), and a seed's
@@ -35,6 +35,8 @@ def main() -> None:
                     help="pretrain on the world's first N classes, or 'all' (default: DemoSettings)")
     ap.add_argument("--short-conv-kernel", type=int, default=None, metavar="K",
                     help="temporal kernel of LoSA's short-range conv (default: DemoSettings)")
+    ap.add_argument("--epochs", type=int, default=None, metavar="E",
+                    help="TAL training epochs of both methods (default: DemoSettings)")
     ap.add_argument("--train-seeds", type=int, default=1, metavar="K",
                     help="training runs per method and world (default 1: the demo's own)")
     args = ap.parse_args()
@@ -46,6 +48,8 @@ def main() -> None:
         settings = dataclasses.replace(settings, pretrain_classes=value)
     if args.short_conv_kernel is not None:
         settings = dataclasses.replace(settings, short_conv_kernel=args.short_conv_kernel)
+    if args.epochs is not None:
+        settings = dataclasses.replace(settings, epochs=args.epochs)
 
     device = resolve_device(args.device)
     per_seed = {}
@@ -70,7 +74,7 @@ def main() -> None:
     methods = list(next(iter(per_seed.values()))["methods"])
     means = {m: statistics.mean(r["methods"][m] for r in per_seed.values()) for m in methods}
     out = {"benchmark": "demo_seeds", "quick": args.quick, "pretrain_classes": settings.pretrain_classes,
-           "short_conv_kernel": settings.short_conv_kernel,
+           "short_conv_kernel": settings.short_conv_kernel, "epochs": settings.epochs,
            "train_seeds": args.train_seeds,
            "seeds": per_seed, "mean_average_mAP": means, "losa_minus_head_only_points": 100 * (means["LoSA"] - means["head-only"]),
            "wall_s": time.perf_counter() - t0}
