@@ -339,7 +339,7 @@ def main() -> int:
             step["seconds"] = round(time.perf_counter() - t0, 1)
         else:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--step", name, "--out", str(out),
-                   "--budget-s", str(left)] + (["--tiny"] if args.tiny else [])
+                   "--budget-s", str(left)]
             t0 = time.perf_counter()
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=left, cwd=ROOT)

@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from e2etal import distributed, io
 from e2etal.config import config_changes
 from e2etal.data.annotations import ClassMap
-from e2etal.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint, weight_mismatches
 from e2etal.engine import sharding
+from e2etal.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint, weight_mismatches
 from e2etal.engine.ema import ModelEMA, trainable_state
 from e2etal.engine.schedule import SCHEDULES, lr_schedule
 
@@ -236,7 +236,10 @@ class Trainer:
         }
 
     def save(self, name: str) -> Path:
-        whole = sharding.full_state if self.sharded else dict  # gathering is every rank's
+        # Sharded, every rank takes part in gathering the whole tensors; rank 0 writes them.
+        if not (self.sharded or distributed.is_main()):
+            return self.out_dir / name
+        whole = sharding.full_state if self.sharded else dict
         model_state = whole(trainable_state(self.model))
         ema_state = whole(self.ema.state_dict()) if self.ema is not None else None
         training_state = self._training_state()
