@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from e2etal.config import from_dict
 from e2etal.geometry import pairwise_tiou
 from e2etal.heads import HeadConfig, HeadOutput, build_head, padded_length
+from e2etal.heads import actionformer, transformer
+from e2etal.heads.actionformer import encoder_passes
 from e2etal.heads.targets import make_points
-from e2etal.heads.transformer import DepthwiseConv1d, local_attention, masked_max_pool, same_conv
+from e2etal.heads.transformer import DepthwiseConv1d, StepLinear, local_attention, masked_max_pool, same_conv
 from e2etal.postprocess import postprocess
 
 
@@ -80,6 +82,45 @@ def test_same_conv_equals_conv1d(t, kernel_size, bias):
     inputs = (x, w) if b is None else (x, w, b)
     for a, e in zip(torch.autograd.grad((got * weight).sum(), inputs), torch.autograd.grad((want * weight).sum(), inputs)):
         assert torch.allclose(a, e, atol=1e-12)
+
+
+@pytest.fixture(params=["onednn", "matmul"])
+def kernels(request, monkeypatch):
+    """Runs a test with every product of the head as a oneDNN convolution on CPU, then
+    with none (the path GPUs and small products take), whatever the sizes."""
+    monkeypatch.setattr(transformer, "ONEDNN_MIN_MACS", 0 if request.param == "onednn" else 2**62)
+    return request.param
+
+
+@pytest.mark.parametrize("t, kernel_size, bias", [(9, 3, True), (9, 1, False), (2, 5, False)])
+def test_same_conv_and_step_linear_on_both_kernel_paths(t, kernel_size, bias, kernels):
+    """float32 (oneDNN has no float64): both paths equal F.conv1d / F.linear, forward and
+    backward, for a channels-first view and a contiguous channels-last input alike."""
+    g = torch.Generator().manual_seed(t + kernel_size)
+    x = torch.randn(2, 6, t, generator=g, requires_grad=True)  # channels-first
+    w = torch.randn(5, 6, kernel_size, generator=g, requires_grad=True)
+    b = torch.randn(5, generator=g, requires_grad=True) if bias else None
+    inputs = (x, w) if b is None else (x, w, b)
+    want = F.conv1d(x, w, b, padding=kernel_size // 2).transpose(1, 2)  # [B, T, 5]
+    weight = torch.randn(want.shape, generator=g)
+    want_grads = torch.autograd.grad((want * weight).sum(), inputs)
+    for view in (x.transpose(1, 2), x.transpose(1, 2).contiguous()):
+        got = same_conv(view, w, b)
+        assert torch.allclose(got, want, atol=1e-5)
+        for a, e in zip(torch.autograd.grad((got * weight).sum(), inputs), want_grads):
+            assert torch.allclose(a, e, atol=1e-4)
+    same_conv(x.transpose(1, 2), w, b).masked_fill_(torch.ones(1, t, 1, dtype=torch.bool), 0.0)  # callers write in place
+
+    linear = StepLinear(6, 5)
+    tokens = torch.randn(2, t, 6, generator=g)
+    assert torch.allclose(linear(tokens), F.linear(tokens, linear.weight, linear.bias), atol=1e-5)
+    assert list(linear.state_dict()) == ["weight", "bias"]
+
+
+def test_small_products_stay_matrix_products():
+    x = torch.randn(2, 64, 128)
+    assert not transformer._onednn(x, torch.zeros(128, 128, 3))  # the demo's sizes: 6.3M multiply-adds
+    assert transformer._onednn(torch.randn(2, 2304, 512), torch.zeros(512, 512, 1))  # ActionFormer's projections
 
 
 @pytest.mark.parametrize("t, stride", [(9, 1), (9, 2), (8, 2)])
@@ -196,6 +237,61 @@ def test_towers_see_all_levels_at_once_as_each_level_alone(head_kernel_size):
             assert torch.allclose(out.offsets[level], offsets, atol=1e-5)
 
 
+def test_encoder_passes_split_off_videos_only_when_the_skipped_steps_pay():
+    cfg = HeadConfig()  # ActionFormer's THUMOS size: input 2048, embed 512, largest stride 32
+    mask = torch.zeros(3, 2304, dtype=torch.bool)
+    mask[0] = True
+    mask[1, :2000] = True  # 288 steps past padded_length(2000) = 2016
+    mask[2, :2300] = True  # needs all 2304
+    assert encoder_passes(mask, cfg) == [([0, 2], 2304), ([1], 2016)]
+    mask[0, 1990:] = False  # 0 and 1 both need 2016 now: one pass for both
+    assert encoder_passes(mask, cfg) == [([2], 2304), ([0, 1], 2016)]
+    assert encoder_passes(mask[:2], cfg) == [([0, 1], 2016)]  # a batch shorter than its length: trimmed
+    mask[1, 1980:] = True  # needs 2272 of 2304: 32 steps skipped are not worth a pass
+    assert encoder_passes(mask[1:], cfg) == [([0, 1], 2304)]
+    mask[1, :3] = False  # valid steps after a hole still count; a video of padding only runs at one stride
+    assert encoder_passes(mask[1:], cfg) == [([0, 1], 2304)]
+    assert encoder_passes(torch.zeros(2, 2304, dtype=torch.bool), cfg) == [([0, 1], 32)]
+    # The demo's head (input 96, embed 128) never splits.
+    small = tiny_config(input_dim=96, embed_dim=128, head_dim=128, max_seq_len=128)
+    short = torch.zeros(2, 128, dtype=torch.bool)
+    short[0], short[1, :20] = True, True
+    assert encoder_passes(short, small) == [([0, 1], 128)]
+
+
+def test_split_passes_give_the_one_pass_outputs_and_gradients(monkeypatch, kernels):
+    """Three videos of 64, 20 and 40 valid steps run in three passes (any split allowed)
+    and in one: equal outputs at valid steps, zeros at padded ones, equal gradients."""
+    cfg = tiny_config(drop_path=0.0)
+    torch.manual_seed(0)
+    model = build_head(cfg).train()
+    x = torch.randn(3, 16, 64)
+    mask = torch.zeros(3, 64, dtype=torch.bool)
+    mask[0], mask[1, :20], mask[2, :40] = True, True, True
+    mask[2, 7] = False  # a hole
+    segments = [torch.tensor([[5.0, 12.0]]), torch.tensor([[2.0, 9.0]]), torch.tensor([[20.0, 38.0]])]
+    labels = [torch.tensor([0]), torch.tensor([1]), torch.tensor([1])]
+    results = {}
+    for name, bound in (("split", 0), ("one", 2**62)):
+        monkeypatch.setattr(actionformer, "ONEDNN_MIN_MACS", bound)
+        assert len(encoder_passes(mask, cfg)) == (3 if name == "split" else 1)
+        model.zero_grad()
+        out = model(x, mask)
+        model.loss_norm.fill_(cfg.loss_norm_init)
+        model.loss(out, segments, labels)["loss"].backward()
+        results[name] = (out, {n: p.grad.clone() for n, p in model.named_parameters()})
+    (split, split_grads), (one, one_grads) = results["split"], results["one"]
+    for level in range(cfg.num_levels):
+        valid = one.masks[level]
+        assert torch.equal(split.masks[level], valid)
+        for a, b in ((split.cls_logits[level], one.cls_logits[level]), (split.offsets[level], one.offsets[level])):
+            assert a.shape == b.shape
+            assert torch.allclose(a[valid], b[valid], atol=1e-5)
+            assert not a[~valid].any()
+    for name, grad in one_grads.items():
+        assert torch.allclose(split_grads[name], grad, atol=1e-5), name
+
+
 def test_backward_gives_finite_gradients_everywhere():
     cfg = tiny_config(dropout=0.1)  # drop path (0.1 by default) and dropout active
     torch.manual_seed(0)
@@ -217,9 +313,10 @@ def test_backward_gives_finite_gradients_everywhere():
         assert torch.isfinite(param.grad).all(), name
 
 
-def test_forward_and_backward_under_autocast():
-    """The convolutions run as in-place matrix products, which autocast leaves alone; they
-    must follow the autocast dtype themselves (the trainer uses bfloat16 autocast)."""
+def test_forward_and_backward_under_autocast(kernels):
+    """The convolutions run as in-place matrix products, which autocast leaves alone, or
+    as oneDNN convolutions; either way they must follow the autocast dtype (the trainer
+    uses bfloat16 autocast)."""
     cfg = tiny_config()
     torch.manual_seed(0)
     model = build_head(cfg).train()

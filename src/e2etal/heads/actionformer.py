@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from e2etal import distributed
 from e2etal.heads.config import HeadConfig
 from e2etal.heads.targets import assign_targets, diou_loss_1d, make_points, sigmoid_focal_loss
-from e2etal.heads.transformer import SameConv1d, TransformerBlock
+from e2etal.heads.transformer import ONEDNN_MIN_MACS, SameConv1d, TransformerBlock, downsample_mask
 
 
 @dataclass
@@ -52,6 +52,40 @@ def padded_length(length: int, cfg: HeadConfig) -> int:
     if length < 1:
         raise ValueError(f"padded_length: length must be >= 1 feature step, got {length}")
     return math.ceil(length / cfg.max_stride) * cfg.max_stride
+
+
+def encoder_passes(mask: Tensor, cfg: HeadConfig) -> list[tuple[list[int], int]]:
+    """How the encoder runs over a batch: passes of (videos, length), each video in one.
+
+    A video whose valid steps end well before the batch's length T needs no work on the
+    steps after them: by heads.transformer's padding rule, running it on its first
+    `padded_length(last valid step + 1)` steps gives the same outputs at its valid steps.
+    Videos of equal such length share a pass. A further pass has a fixed cost (every
+    operation called once more), so on CPU a video goes to a shorter pass only when the
+    steps it skips are worth at least ONEDNN_MIN_MACS multiply-adds of the first embedding
+    convolution; otherwise it joins the longer pass before it. Sequences of ActionFormer's
+    size with a few hundred padded steps split; the demo's 128-wide head never does. On
+    a GPU the batch is one pass at T (reading the lengths would wait for the device, and
+    the GPU's time does not follow the steps as closely)."""
+    batch, t = mask.shape
+    if mask.device.type != "cpu":
+        return [(list(range(batch)), t)]
+    steps = torch.arange(1, t + 1)
+    ends = (mask * steps).amax(dim=1).tolist()  # last valid step + 1 per video, 0 if none
+    needed = [min(padded_length(max(end, 1), cfg), t) for end in ends]
+    macs_per_step = cfg.input_dim * cfg.embed_dim * cfg.embed_kernel_size
+    passes: list[tuple[list[int], int]] = []
+    videos, length = [], t
+    for n in sorted(set(needed), reverse=True):
+        group = [b for b in range(batch) if needed[b] == n]
+        if (length - n) * len(group) * macs_per_step < ONEDNN_MIN_MACS:
+            videos += group
+        else:
+            if videos:
+                passes.append((sorted(videos), length))
+            videos, length = group, n
+    passes.append((sorted(videos), length))
+    return passes
 
 
 class Scale(nn.Module):
@@ -181,25 +215,39 @@ class ActionFormerHead(nn.Module):
                 f"ActionFormerHead: mask must be bool [B, T] = {[features.shape[0], features.shape[2]]}, "
                 f"got {mask.dtype} {list(mask.shape)}"
             )
-        feats, masks = self.encoder(features, mask)  # per level [B, T_l, D], [B, T_l]
+        # Per video and level, its encoder features [T_lb, D] and mask [T_lb]: T_lb is the
+        # level's length of the pass that ran the video (see encoder_passes).
+        video_feats: list[list[Tensor]] = [[] for _ in range(features.shape[0])]
+        video_masks: list[list[Tensor]] = [[] for _ in range(features.shape[0])]
+        for videos, length in encoder_passes(mask, cfg):
+            rows = slice(videos[0], videos[-1] + 1) if videos[-1] - videos[0] + 1 == len(videos) else videos
+            feats, masks = self.encoder(features[rows, :, :length], mask[rows, :length])  # per level [b, T_l, D], [b, T_l]
+            for j, b in enumerate(videos):
+                video_feats[b] = [f[j] for f in feats]
+                video_masks[b] = [m[j] for m in masks]
         # The towers take every level of every video in one pass, as one sequence: level
         # by level, video by video, each followed by head_kernel_size // 2 padded steps,
         # which a kernel reads exactly as it reads a sequence's own zero padding.
-        batch, lengths = features.shape[0], [m.shape[1] for m in masks]
+        batch, levels = features.shape[0], range(cfg.num_levels)
         gap = cfg.head_kernel_size // 2
-        gap_x, gap_m = feats[0].new_zeros(gap, feats[0].shape[2]), masks[0].new_zeros(gap)
-        valid = torch.cat([t for m in masks for b in range(batch) for t in (m[b], gap_m)])  # [R]
-        x = torch.cat([t for f in feats for b in range(batch) for t in (f[b], gap_x)])  # [R, D]
+        gap_x, gap_m = video_feats[0][0].new_zeros(gap, cfg.embed_dim), mask.new_zeros(gap)
+        valid = torch.cat([t for level in levels for b in range(batch) for t in (video_masks[b][level], gap_m)])  # [R]
+        x = torch.cat([t for level in levels for b in range(batch) for t in (video_feats[b][level], gap_x)])  # [R, D]
         x = x.masked_fill_(~valid[:, None], 0.0)[None]  # [1, R, D]
-        scale = torch.cat([s.scale.expand(batch * (n + gap)) for s, n in zip(self.reg_scales, lengths)])  # [R]
-        cls_all = self.cls_tower(x, valid[None])[0]  # [R, K]
-        offsets_all = F.relu(self.reg_tower(x, valid[None])[0] * scale[:, None])  # [R, 2]
-        cls_logits, offsets, start = [], [], 0
-        for n in lengths:
-            rows = slice(start, start + batch * (n + gap))
-            cls_logits.append(cls_all[rows].view(batch, n + gap, -1)[:, :n])  # [B, T_l, K]
-            offsets.append(offsets_all[rows].view(batch, n + gap, 2)[:, :n])  # [B, T_l, 2]
-            start = rows.stop
+        rows_per_piece = [video_masks[b][level].shape[0] + gap for level in levels for b in range(batch)]
+        scale = torch.cat([self.reg_scales[level].scale.expand(n) for level in levels for n in rows_per_piece[level * batch : (level + 1) * batch]])  # [R]
+        cls_pieces = self.cls_tower(x, valid[None])[0].split(rows_per_piece)  # per (level, video) [T_lb + gap, K]
+        offset_pieces = F.relu(self.reg_tower(x, valid[None])[0] * scale[:, None]).split(rows_per_piece)  # [T_lb + gap, 2]
+        # Back to [B, T_l, ...] per level at the batch's length, zero at padded steps.
+        masks = [downsample_mask(mask, stride) for stride in cfg.strides]  # [B, T_l]
+        lengths = [m.shape[1] for m in masks]
+
+        def batched(pieces: tuple[Tensor, ...], level: int) -> Tensor:
+            n, out = lengths[level], pieces[level * batch : (level + 1) * batch]
+            return torch.stack([F.pad(p[: p.shape[0] - gap], (0, 0, 0, n - p.shape[0] + gap)) for p in out])
+
+        cls_logits = [batched(cls_pieces, level) for level in levels]  # [B, T_l, K]
+        offsets = [batched(offset_pieces, level) for level in levels]  # [B, T_l, 2]
         points = make_points(lengths, cfg.strides, cfg.regression_ranges, device=features.device).split(lengths)
         return HeadOutput(cls_logits=cls_logits, offsets=offsets, masks=masks, points=list(points))
 

@@ -3,10 +3,16 @@ self-attention and the transformer block.
 
 Layout. Everything runs channels-last, `[B, T, C]`: LayerNorm, the linear layers and
 the attention all want the channels innermost, and the convolutions over time read the
-same memory in place (`same_conv` as matrix products over shifted rows, the depthwise
-ones as 2-D convolutions on a channels-last view), so nothing is transposed between
-them. Every tensor comes with a boolean mask `[B, T]` (True = a real feature step,
-False = padding).
+same memory in place (as 2-D convolutions on a channels-last view or as matrix products
+over shifted rows), so nothing is transposed between them. Every tensor comes with a
+boolean mask `[B, T]` (True = a real feature step, False = padding).
+
+Kernels. On CPU the head's large matrix products (convolutions over time, the linear
+layers) run as oneDNN convolutions on that channels-last view: at ActionFormer's sizes
+their AVX-512 kernels ran the forward 1.1-1.7x faster than MKL's sgemm (what `F.linear`
+and `torch.mm` use) on the AMD EPYC CPU of benchmarks/RESULTS.md. Below about 2^27
+multiply-adds a call (the demo's 128-wide head) oneDNN's fixed cost per call made it
+slower, so small products stay matrix products, as they do on GPUs (cuBLAS).
 
 Padding. A module's outputs at valid steps depend only on its input's valid steps:
 whatever mixes time steps (a convolution, the attention, the max-pool) first sets its
@@ -35,8 +41,35 @@ def downsample_mask(mask: Tensor, stride: int) -> Tensor:
     return mask[:, ::stride]
 
 
+ONEDNN_MIN_MACS = 2**27  # multiply-adds of one product from which oneDNN is used on CPU
+
+
+def _onednn(x: Tensor, weight: Tensor) -> bool:
+    """Whether the product of `x` [..., C_in] and `weight` [C_out, C_in, k] runs as a
+    oneDNN convolution (see the module's docstring)."""
+    macs = x.numel() * weight.shape[0] * weight.shape[2]
+    return x.device.type == "cpu" and macs >= ONEDNN_MIN_MACS and torch.backends.mkldnn.is_available()
+
+
+def channels_last_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Centred ("same", zero-padded) 1-D convolution of `[B, T, C_in]` as a 2-D
+    convolution of its `[B, C_in, 1, T]` view, channels-last in memory when x is
+    contiguous, so oneDNN neither copies the input nor the output.
+
+    weight: [C_out, C_in, k] (k odd) -> [B, T, C_out]. A channels-first input (x a
+    transposed `[B, C_in, T]`) is convolved as it lies and comes back as a transposed view."""
+    k = weight.shape[2]
+    if x.stride(1) == 1 and x.stride(2) != 1:  # a transposed channels-first tensor
+        return F.conv1d(x.transpose(1, 2), weight, bias, padding=k // 2).transpose(1, 2)
+    out = F.conv2d(x.unsqueeze(1).permute(0, 3, 1, 2), weight.unsqueeze(2), bias, padding=(0, k // 2))
+    return out.permute(0, 2, 3, 1).squeeze(1)
+
+
 class _SameConv(torch.autograd.Function):
-    """Forward and backward of `same_conv` as matrix products on row ranges (see there)."""
+    """Forward and backward of `same_conv` (see there): the forward as a oneDNN
+    convolution on CPU, else as matrix products on row ranges; the backward as matrix
+    products on row ranges everywhere (MKL's products beat oneDNN's convolution backward
+    on the towers' one long sequence)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -49,6 +82,11 @@ class _SameConv(torch.autograd.Function):
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         x = x.to(dtype)
         bias = None if bias is None else bias.to(dtype)
+        ctx.has_bias = bias is not None
+        if _onednn(x, weight):
+            ctx.save_for_backward(x, weight.to(dtype).permute(2, 0, 1).contiguous())
+            # detach(): the same memory, but not a view, so callers may write in place.
+            return channels_last_conv(x, weight.to(dtype), bias).detach()
         taps = weight.to(dtype).permute(2, 0, 1).contiguous()  # [k, C_out, C_in]: one matrix per tap
         out = x.new_empty(batch, t, weight.shape[0])  # [B, T, C_out]
         for b in range(batch):
@@ -59,7 +97,6 @@ class _SameConv(torch.autograd.Function):
             for tap, lo, hi, shift in _shifted_rows(k, t):
                 out[b, lo:hi].addmm_(x[b, lo + shift : hi + shift], taps[tap].t())  # out[i] += w_tap x[i + shift]
         ctx.save_for_backward(x, taps)
-        ctx.has_bias = bias is not None
         return out
 
     @staticmethod
@@ -132,6 +169,19 @@ class SameConv1d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # x: [B, T, C_in], any strides with one unit stride per matrix -> [B, T, C_out]
         return same_conv(x, self.conv.weight, self.conv.bias)
+
+
+class StepLinear(nn.Linear):
+    """nn.Linear applied at every step of `[B, T, C_in]`; on CPU run as a 1 x 1 oneDNN
+    convolution of the channels-last view (see the module's docstring). Same parameters
+    and state_dict keys as nn.Linear."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x: [B, T, C_in] -> [B, T, C_out]
+        weight = self.weight[:, :, None]  # [C_out, C_in, 1]
+        if x.ndim == 3 and _onednn(x, weight):
+            return channels_last_conv(x, weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
 
 class DepthwiseConv1d(nn.Module):
@@ -247,10 +297,10 @@ class LocalSelfAttention(nn.Module):
         self.q_norm = nn.LayerNorm(dim)
         self.k_norm = nn.LayerNorm(dim)
         self.v_norm = nn.LayerNorm(dim)
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
+        self.q_proj = StepLinear(dim, dim)
+        self.k_proj = StepLinear(dim, dim)
+        self.v_proj = StepLinear(dim, dim)
+        self.out_proj = StepLinear(dim, dim)
         self.out_drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -302,10 +352,10 @@ class TransformerBlock(nn.Module):
         self.attn = LocalSelfAttention(dim, num_heads, window_size, stride=stride, dropout=dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(
-            nn.Linear(dim, mlp_ratio * dim),
+            StepLinear(dim, mlp_ratio * dim),
             nn.GELU(),
             nn.Dropout(dropout),
-            nn.Linear(mlp_ratio * dim, dim),
+            StepLinear(mlp_ratio * dim, dim),
             nn.Dropout(dropout),
         )
         self.scale_attn = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else None
