@@ -65,8 +65,7 @@ def encoder_passes(mask: Tensor, cfg: HeadConfig) -> list[tuple[list[int], int]]
     steps it skips are worth at least ONEDNN_MIN_MACS multiply-adds of the first embedding
     convolution; otherwise it joins the longer pass before it. Sequences of ActionFormer's
     size with a few hundred padded steps split; the demo's 128-wide head never does. On
-    a GPU the batch is one pass at T (reading the lengths would wait for the device, and
-    the GPU's time does not follow the steps as closely)."""
+    a GPU the batch is one pass at T: reading the lengths would wait for the device."""
     batch, t = mask.shape
     if mask.device.type != "cpu":
         return [(list(range(batch)), t)]
