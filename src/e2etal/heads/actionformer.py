@@ -216,8 +216,8 @@ class ActionFormerHead(nn.Module):
             )
         # Per video and level, its encoder features [T_lb, D] and mask [T_lb]: T_lb is the
         # level's length of the pass that ran the video (see encoder_passes).
-        video_feats: list[list[Tensor]] = [[] for _ in range(features.shape[0])]
-        video_masks: list[list[Tensor]] = [[] for _ in range(features.shape[0])]
+        video_feats: list[list[Tensor]] = [[]] * features.shape[0]
+        video_masks: list[list[Tensor]] = [[]] * features.shape[0]
         for videos, length in encoder_passes(mask, cfg):
             rows = slice(videos[0], videos[-1] + 1) if videos[-1] - videos[0] + 1 == len(videos) else videos
             feats, masks = self.encoder(features[rows, :, :length], mask[rows, :length])  # per level [b, T_l, D], [b, T_l]
@@ -234,7 +234,7 @@ class ActionFormerHead(nn.Module):
         x = torch.cat([t for level in levels for b in range(batch) for t in (video_feats[b][level], gap_x)])  # [R, D]
         x = x.masked_fill_(~valid[:, None], 0.0)[None]  # [1, R, D]
         rows_per_piece = [video_masks[b][level].shape[0] + gap for level in levels for b in range(batch)]
-        scale = torch.cat([self.reg_scales[level].scale.expand(n) for level in levels for n in rows_per_piece[level * batch : (level + 1) * batch]])  # [R]
+        scale = torch.cat([self.reg_scales[i // batch].scale.expand(n) for i, n in enumerate(rows_per_piece)])  # [R]
         cls_pieces = self.cls_tower(x, valid[None])[0].split(rows_per_piece)  # per (level, video) [T_lb + gap, K]
         offset_pieces = F.relu(self.reg_tower(x, valid[None])[0] * scale[:, None]).split(rows_per_piece)  # [T_lb + gap, 2]
         # Back to [B, T_l, ...] per level at the batch's length, zero at padded steps.
@@ -242,8 +242,9 @@ class ActionFormerHead(nn.Module):
         lengths = [m.shape[1] for m in masks]
 
         def batched(pieces: tuple[Tensor, ...], level: int) -> Tensor:
-            n, out = lengths[level], pieces[level * batch : (level + 1) * batch]
-            return torch.stack([F.pad(p[: p.shape[0] - gap], (0, 0, 0, n - p.shape[0] + gap)) for p in out])
+            n = lengths[level]
+            steps = [p.shape[0] - gap for p in pieces[level * batch : (level + 1) * batch]]  # T_lb, gaps dropped
+            return torch.stack([F.pad(p[:k], (0, 0, 0, n - k)) for p, k in zip(pieces[level * batch :], steps)])
 
         cls_logits = [batched(cls_pieces, level) for level in levels]  # [B, T_l, K]
         offsets = [batched(offset_pieces, level) for level in levels]  # [B, T_l, 2]

@@ -9,8 +9,8 @@ boolean mask `[B, T]` (True = a real feature step, False = padding).
 
 Kernels. On CPU the head's large matrix products (convolutions over time, the linear
 layers) run as oneDNN convolutions on that channels-last view: at ActionFormer's sizes
-their AVX-512 kernels ran the forward 1.1-1.7x faster than MKL's sgemm (what `F.linear`
-and `torch.mm` use) on the AMD EPYC CPU of benchmarks/RESULTS.md. Below about 2^27
+their AVX-512 kernels ran faster than MKL's sgemm (what `F.linear` and `torch.mm` use) on
+the AMD EPYC CPU of benchmarks/RESULTS.md (head_speed.py there). Below about 2^27
 multiply-adds a call (the demo's 128-wide head) oneDNN's fixed cost per call made it
 slower, so small products stay matrix products, as they do on GPUs (cuBLAS).
 
