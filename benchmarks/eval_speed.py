@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from e2etal import Detections, evaluate_detections, load_annotations, save_predictions
+from e2etal.machine import describe_cpu
 from e2etal.metrics import ACTIVITYNET_TIOU, evaluate_files
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "activitynet13" / "activitynet13.json"
@@ -87,7 +87,7 @@ def main() -> None:
     help_s = command_s(["-m", "e2etal", "eval", "--help"])
     out = {
         "benchmark": "eval_speed",
-        "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
+        "machine": describe_cpu(),
         "videos": len(gt.videos),
         "ground_truth": gt.num_instances(),
         "detections": len(dets),

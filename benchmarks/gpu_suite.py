@@ -44,6 +44,7 @@ import traceback
 from pathlib import Path
 
 from e2etal import io
+from e2etal.machine import describe_cpu
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -266,7 +267,7 @@ def _environment() -> dict:
     import torch
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores", "device": "cpu", "driver": None}
+           "machine": describe_cpu(), "device": "cpu", "driver": None}
     if torch.cuda.is_available():
         env["device"] = torch.cuda.get_device_name(0)
         try:

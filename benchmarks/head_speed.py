@@ -31,7 +31,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -45,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _head_baseline  # noqa: E402
 
 from e2etal.heads import HeadConfig, build_head  # noqa: E402
+from e2etal.machine import describe_cpu  # noqa: E402
 
 LENGTHS = (2304, 2000)  # valid steps per video; the batch is padded to the first
 
@@ -183,7 +183,7 @@ def main() -> None:
 
     out = {
         "benchmark": "head_speed",
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
+        "machine": describe_cpu(),
         "torch_threads": torch.get_num_threads(),
         "batch": len(LENGTHS), "length": max(LENGTHS), "valid_lengths": list(LENGTHS),
         "dropout": args.dropout, "drop_path": args.drop_path, "repeats": args.repeats, "warmup": args.warmup,

@@ -25,7 +25,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import resource
 import statistics
 import time
@@ -38,6 +37,7 @@ from e2etal.detector import LoFiDetector
 from e2etal.engine.trainer import resolve_device
 from e2etal.heads import HeadConfig, build_head
 from e2etal.lofi.fidelity import Fidelity, reduced_fidelities
+from e2etal.machine import describe_cpu
 
 FULL = Fidelity(100, 224, 16)
 SNIPPET_FRAMES = 8
@@ -151,7 +151,7 @@ def main() -> None:
         own = lambda r: None if r.get("peak_gb") is None else r["peak_gb"] - (r.get("base_gb") or 0.0)  # noqa: E731
         row["x_full"] = None if own(row) is None or not own(full) else own(row) / own(full)
     print(json.dumps({"benchmark": "lofi_memory", "device": torch.cuda.get_device_name(device) if cuda else
-                      f"cpu ({platform.machine()}, {os.cpu_count()} cores, {args.threads} threads)",
+                      f"cpu ({describe_cpu()}, {args.threads} threads)",
                       "scale": scale, "batch": batch, "snippet_frames": SNIPPET_FRAMES, "torch": torch.__version__,
                       "rows": rows}))
     print(f"\n{'backbone':<9}{'fidelity':<9}{'snippets':>9}{'px':>5}{'batch':>6}{'peak GB':>9}{'own GB':>8}"

@@ -67,8 +67,6 @@ import argparse
 import hashlib
 import importlib.util
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -81,6 +79,7 @@ import torch
 from torch import Tensor
 
 from e2etal.geometry import clip_segments, pairwise_tiou, paired_tiou, segment_lengths
+from e2etal.machine import describe_cpu
 from e2etal.postprocess import PostprocessConfig, postprocess_videos, soft_nms
 
 # ---------------------------------------------------------------- before: a private copy
@@ -482,7 +481,7 @@ def main() -> None:
     }
     out = {
         "benchmark": "nms_speed",
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
+        "machine": describe_cpu(),
         "torch_threads": torch.get_num_threads(),
         "videos": args.videos, "candidates_per_video": args.candidates, "classes": args.classes, "seed": args.seed,
         "config": asdict(cfg), "repeats": args.repeats, "warmup": args.warmup,

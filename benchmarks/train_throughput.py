@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from e2etal.data.features import FeatureGrid, FeatureItem, collate_features
 from e2etal.engine import Trainer
 from e2etal.engine.trainer import resolve_device
 from e2etal.experiment import ExperimentConfig, build_detector
+from e2etal.machine import describe_cpu
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "thumos14_i3d.yaml"
 
@@ -76,7 +76,7 @@ def measure(videos: int = 413, length: int = 2300, channels: int = 2048, batch_s
         machine = torch.cuda.get_device_name()
     else:
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-        machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+        machine = f"cpu ({describe_cpu()}, {torch.get_num_threads()} threads)"
     steps = trainer.epoch_steps[0]
     return {
         "benchmark": "train_throughput", "device": machine, "videos": videos, "length": length,

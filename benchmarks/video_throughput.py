@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +39,7 @@ from e2etal.data.video import iter_frames
 from e2etal.backbones import BACKBONES
 from e2etal.data.streaming import stream_clips
 from e2etal.extract import ExtractConfig, extract_video
+from e2etal.machine import describe_cpu
 
 
 def tiny_vit(**kwargs) -> VisionTransformer:
@@ -197,8 +196,7 @@ def main() -> None:
 
     out = {
         "benchmark": "video_throughput",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-        f"{torch.get_num_threads()}",
+        "machine": f"{describe_cpu()}, torch threads {torch.get_num_threads()}",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": str(dtype).removeprefix("torch."),
         "video": {"path": str(args.video) if args.video else f"generated {args.width}x{args.height} 30 fps H.264",

@@ -24,7 +24,6 @@ into the table by adding an entry.
 
 from __future__ import annotations
 
-import platform
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -44,6 +43,7 @@ from e2etal.heads import HeadConfig
 from e2etal.lofi.config import LoFiConfig
 from e2etal.lofi.fidelity import LoFiScheduleConfig
 from e2etal.lofi.stages import run_lofi
+from e2etal.machine import describe_cpu
 from e2etal.plot import plot_timeline
 from e2etal.synthetic import WorldConfig, fit_clip_classifier, make_world
 
@@ -240,7 +240,7 @@ def run_demo(out_dir: str | Path = "e2etal-demo", quick: bool = False, seed: int
     if settings is None:
         settings = DemoSettings.quick() if quick else DemoSettings()
     dev = resolve_device(device)
-    report: dict = {"settings": {"quick": quick, "seed": seed, "device": str(dev), "machine": platform.machine(),
+    report: dict = {"settings": {"quick": quick, "seed": seed, "device": str(dev), "machine": describe_cpu(),
                                  "threads": torch.get_num_threads()}, "stages_s": {}, "methods": {}}
     t_all = time.perf_counter()
 

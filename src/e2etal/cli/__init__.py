@@ -17,7 +17,7 @@ from e2etal import __version__
 
 # name -> (module in e2etal.cli, one-line help shown by `e2etal --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("demo_cmd", "run the whole pipeline on synthetic video (about 10 minutes on 2 CPU cores)"),
+    "demo": ("demo_cmd", "run the whole pipeline on synthetic video (6-10 minutes on 2 CPU cores)"),
     "synth": ("synth_cmd", "write a synthetic world: untrimmed .mp4 videos with exact ground truth"),
     "train": ("train_cmd", "train a detector from a config (pre-extracted features, or raw video: LoSA, head-only, LoFi)"),
     "eval": ("eval_cmd", "evaluate detections (mAP per tIoU) against ground truth"),

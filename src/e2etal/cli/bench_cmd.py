@@ -9,8 +9,6 @@ serial adapters and full fine-tuning, each measured in a process of its own; see
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 
 import torch
@@ -29,6 +27,7 @@ from e2etal.benchmark.losa import (
     format_table,
     run_bench,
 )
+from e2etal.machine import describe_cpu
 
 
 def register(sub) -> None:
@@ -115,7 +114,7 @@ def _device_name(s: BenchSettings) -> str:
     if s.device.type == "cuda":
         return torch.cuda.get_device_name(s.device)
     threads = f"{s.threads} intra-op thread{'s' if s.threads > 1 else ''}"
-    return f"cpu ({platform.machine()}, {os.cpu_count()} cores, {threads} per method)"
+    return f"cpu ({describe_cpu()}, {threads} threads per method)"
 
 
 def _header(s: BenchSettings, device: str) -> str:
