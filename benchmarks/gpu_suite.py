@@ -1,6 +1,6 @@
 """Every GPU claim of the toolkit, measured by one command within a time budget.
 
-    python benchmarks/gpu_suite.py [--out DIR] [--budget-s 480]     # on a GPU
+    python benchmarks/gpu_suite.py [--out DIR] [--budget-s 480] [--actionformer DIR]     # on a GPU
     python benchmarks/gpu_suite.py --tiny                           # every step on the CPU, toy sizes
 
 Steps, in order of value; each runs in a process of its own (with --tiny, in this one); a
@@ -17,6 +17,13 @@ it kept:
                  160 and 224 px on a generated 1280x720, 30 fps, 60 s H.264 video; target end
                  to end >= 0.8 x the slower of decoding and the backbone
   head_training  the THUMOS-14 I3D head's training throughput (`train_throughput.py`)
+  head_vs_actionformer
+                 the head's training step and eval forward in bf16 against ActionFormer's
+                 at its THUMOS-14 I3D setting (`head_speed.py --device cuda --bf16`);
+                 target at least 1.25x faster. ActionFormer comes from --actionformer
+                 (default .cache/actionformer in the repository, ignored by git: a checkout
+                 of happyharrycn/actionformer_release); without one only the head's
+                 previous version is compared
   lofi_memory    LoFi's peak memory and step time per fidelity, TSM-R50 and ViT-B
                  (`lofi_memory.py`); target: every reduced fidelity below full's memory
   short_runs     a short LoSA run and a short LoFi run on a synthetic world: the training
@@ -51,7 +58,9 @@ ROOT = HERE.parent
 
 # (name, seconds it needs at the least to be worth starting: on a GPU, --tiny)
 STEPS = [("cuda_tests", 20, 5), ("bench_losa", 90, 10), ("extraction", 90, 10), ("head_training", 40, 5),
-         ("lofi_memory", 60, 5), ("short_runs", 60, 10), ("ddp", 30, 10)]
+         ("head_vs_actionformer", 40, 10), ("lofi_memory", 60, 5), ("short_runs", 60, 10), ("ddp", 30, 10)]
+ACTIONFORMER = ROOT / ".cache" / "actionformer"
+HEAD_TARGET_X = 1.25  # the head at least this many times faster than ActionFormer's
 
 
 def _figure(name: str, value, unit: str = "", target: str | None = None, passed: bool | None = None) -> dict:
@@ -162,6 +171,33 @@ def step_head_training(tiny: bool, out: Path, timeout: float) -> list[dict]:
     return [_figure("head training THUMOS-14 I3D videos/s", round(r["videos_per_s"], 3), "videos/s"),
             _figure("head training s/step (batch 2)", round(r["s_per_step"], 4), "s"),
             _figure("head training peak memory", round(r["peak_memory_gb"], 2), "GB")]
+
+
+def step_head_vs_actionformer(tiny: bool, out: Path, timeout: float, actionformer: Path | None = None) -> list[dict]:
+    args = ["--tiny", "--repeats", "2", "--device", "cpu"] if tiny else ["--device", "cuda", "--repeats", "7", "--warmup", "2"]
+    if actionformer is not None and (actionformer / "libs" / "modeling").is_dir():
+        args += ["--actionformer", str(actionformer)]
+    else:
+        actionformer = None
+    done = _run([sys.executable, str(HERE / "head_speed.py"), "--bf16", *args], timeout)
+    result = _json_lines(done.stdout)
+    if done.returncode or not result:
+        raise RuntimeError(f"head_speed.py failed:\n{done.stderr[-2000:]}")
+    r = result[0]
+    figures = []
+    for what in ("train_step", "eval_forward"):
+        for name in ("now", "before", "actionformer"):
+            if name in r[what]:
+                figures.append(_figure(f"head bf16 {what} median, {name}", round(r[what][name]["median_s"], 4), "s"))
+        for name, x in r["speedup_of_now"][what].items():
+            gated = name == "actionformer"
+            figures.append(_figure(f"head bf16 {what}: x faster than {name} (median)", round(x["median_s"], 3),
+                                   target=f">= {HEAD_TARGET_X}" if gated else None,
+                                   passed=x["median_s"] >= HEAD_TARGET_X if gated else None))
+    if actionformer is None:
+        figures.append(_figure("head bf16 against ActionFormer: not measured, no checkout given (--actionformer)",
+                               None, target=f">= {HEAD_TARGET_X}"))
+    return figures
 
 
 def step_lofi_memory(tiny: bool, out: Path, timeout: float) -> list[dict]:
@@ -307,8 +343,11 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=480.0, help="seconds for the whole suite (default 480)")
     ap.add_argument("--tiny", action="store_true", help="every step on the CPU at toy sizes (the tests run this)")
     ap.add_argument("--steps", nargs="+", choices=[s for s, _, _ in STEPS], help="run only these steps")
+    ap.add_argument("--actionformer", type=Path, default=ACTIONFORMER,
+                    help=f"a checkout of happyharrycn/actionformer_release for head_vs_actionformer (default {ACTIONFORMER})")
     ap.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step in this process
     args = ap.parse_args()
+    extra = {"head_vs_actionformer": {"actionformer": args.actionformer.resolve()}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.tiny:
@@ -316,7 +355,7 @@ def main() -> int:
 
     if args.step:  # child: one step, its figures as JSON on the last line
         started = time.perf_counter()
-        figures = globals()[f"step_{args.step}"](args.tiny, out, args.budget_s)
+        figures = globals()[f"step_{args.step}"](args.tiny, out, args.budget_s, **extra.get(args.step, {}))
         print(json.dumps({"figures": figures, "seconds": time.perf_counter() - started}))
         return 0
 
@@ -334,13 +373,13 @@ def main() -> int:
         elif args.tiny:  # toy sizes: in this process, where a child would spend seconds importing torch again
             t0 = time.perf_counter()
             try:
-                step.update(status="ok", figures=globals()[f"step_{name}"](True, out, left))
+                step.update(status="ok", figures=globals()[f"step_{name}"](True, out, left, **extra.get(name, {})))
             except Exception:  # a failed step is recorded and the suite goes on
                 step.update(status="failed", detail=traceback.format_exc()[-3000:])
             step["seconds"] = round(time.perf_counter() - t0, 1)
         else:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--step", name, "--out", str(out),
-                   "--budget-s", str(left)]
+                   "--budget-s", str(left), "--actionformer", str(args.actionformer)]
             t0 = time.perf_counter()
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=left, cwd=ROOT)

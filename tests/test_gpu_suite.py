@@ -17,7 +17,8 @@ def test_the_tiny_suite_runs_every_step_and_writes_its_tables(tmp_path):
                           text=True, timeout=900)
     report = json.loads((tmp_path / "gpu_suite.json").read_text())
     steps = {s["name"]: s for s in report["steps"]}
-    assert list(steps) == ["cuda_tests", "bench_losa", "extraction", "head_training", "lofi_memory", "short_runs", "ddp"]
+    assert list(steps) == ["cuda_tests", "bench_losa", "extraction", "head_training", "head_vs_actionformer",
+                           "lofi_memory", "short_runs", "ddp"]
     failed = {name: s.get("detail", "")[-800:] for name, s in steps.items() if s["status"] != "ok"}
     assert not failed and done.returncode == 0, failed
     assert all(s["figures"] for s in steps.values())
