@@ -361,9 +361,9 @@ def _suppress_block(
         if k % _COMPACT_EVERY == 0 and k > 0:
             # Kept and dropped detections only cost work from here on: move each column's
             # live ones up, in order (ties still go to the one given first), and cut the
-            # rows no column needs any more.
+            # rows no column needs any more. (Columns past `active` hold none.)
             current, start, end, length, origin = _compact(
-                cur >= lowest, (cur, -torch.inf), (start_a, 0.0), (end_a, 0.0), (length_a, 0.0), (origin_a, 0)
+                current >= lowest, (current, -torch.inf), (start, 0.0), (end, 0.0), (length, 0.0), (origin, 0)
             )
             stale = True
         # Columns come by descending size, so those with more than k detections are a prefix.
