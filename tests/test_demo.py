@@ -6,6 +6,7 @@ import torch
 from e2etal.cli import main
 from e2etal.demo import METHODS, DemoSettings, train_method
 from e2etal.experiment import experiment_config
+from e2etal.machine import describe_cpu
 
 
 @pytest.mark.slow
@@ -20,6 +21,8 @@ def test_quick_demo_runs_every_stage(tmp_path, capsys):
         assert len(m["mAP"]) == 5 and 0.0 <= m["average_mAP"] <= 1.0
     assert set(report["stages_s"]) >= {"world", "pretrain", "train+eval head-only", "train+eval LoSA", "detect"}
     assert 0.0 <= report["pretrain"]["clip_accuracy"] <= 1.0
+    # the CPU is named, in the report and in the printed total: the time depends on it
+    assert report["settings"]["machine"] == describe_cpu() and describe_cpu() in printed
     assert (out / "timeline.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "backbone" / "tiny_vit_pretrained.pth").exists()
     # both methods read one tap cache: the head-only run filled it, LoSA reused it

@@ -45,7 +45,9 @@ def run(args) -> int:
     pretrain = report["pretrain"]
     print(f"pretrained backbone: clip accuracy {100 * pretrain['clip_accuracy']:.1f}% on "
           f"{', '.join(pretrain['classes'])} (chance {100 / len(pretrain['classes']):.0f}%)")
-    print(f"stages: {stages}; total {report['total_s']:.0f} s")
+    settings = report["settings"]
+    print(f"stages: {stages}; total {report['total_s']:.0f} s on {settings['device']} "
+          f"({settings['machine']}, {settings['threads']} threads)")
     print(f"timeline of {report['detect']['video']} ({report['detect']['method']}): {report['detect']['timeline']}")
     print(f"report: {args.out}/report.json")
     return 0
