@@ -114,7 +114,7 @@ def _device_name(s: BenchSettings) -> str:
     if s.device.type == "cuda":
         return torch.cuda.get_device_name(s.device)
     threads = f"{s.threads} intra-op thread{'s' if s.threads > 1 else ''}"
-    return f"cpu ({describe_cpu()}, {threads} threads per method)"
+    return f"cpu ({describe_cpu()}, {threads} per method)"
 
 
 def _header(s: BenchSettings, device: str) -> str:

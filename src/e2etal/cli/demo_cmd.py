@@ -16,9 +16,9 @@ def register(sub) -> None:
     )
     p.add_argument("--out", default="e2etal-demo", help="output folder (default: e2etal-demo)")
     p.add_argument("--method", choices=("losa", "lofi"), default="losa",
-                   help="losa (default, 6-10 minutes on 2 CPU cores, by CPU): head-only transfer against LoSA beside "
-                   "the frozen ViT; lofi (6-9 minutes): the ViT trained with LoFi, its features against the "
-                   "untouched ViT's")
+                   help="losa (default; 6-10 minutes on 2 CPU cores, depending on the CPU): head-only transfer against "
+                   "LoSA beside the frozen ViT; lofi (6-9 minutes): the ViT trained with LoFi, its features against "
+                   "the untouched ViT's")
     p.add_argument("--quick", action="store_true", help="a much smaller run (about a minute), for smoke tests")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, ...")
