@@ -175,10 +175,9 @@ def step_head_training(tiny: bool, out: Path, timeout: float) -> list[dict]:
 
 def step_head_vs_actionformer(tiny: bool, out: Path, timeout: float, actionformer: Path | None = None) -> list[dict]:
     args = ["--tiny", "--repeats", "2", "--device", "cpu"] if tiny else ["--device", "cuda", "--repeats", "7", "--warmup", "2"]
-    if actionformer is not None and (actionformer / "libs" / "modeling").is_dir():
+    have_actionformer = actionformer is not None and (actionformer / "libs" / "modeling").is_dir()
+    if have_actionformer:
         args += ["--actionformer", str(actionformer)]
-    else:
-        actionformer = None
     done = _run([sys.executable, str(HERE / "head_speed.py"), "--bf16", *args], timeout)
     result = _json_lines(done.stdout)
     if done.returncode or not result:
@@ -194,7 +193,7 @@ def step_head_vs_actionformer(tiny: bool, out: Path, timeout: float, actionforme
             figures.append(_figure(f"head bf16 {what}: x faster than {name} (median)", round(x["median_s"], 3),
                                    target=f">= {HEAD_TARGET_X}" if gated else None,
                                    passed=x["median_s"] >= HEAD_TARGET_X if gated else None))
-    if actionformer is None:
+    if not have_actionformer:
         figures.append(_figure("head bf16 against ActionFormer: not measured, no checkout given (--actionformer)",
                                None, target=f">= {HEAD_TARGET_X}"))
     return figures

@@ -361,9 +361,14 @@ def _suppress_block(
         if k % _COMPACT_EVERY == 0 and k > 0:
             # Kept and dropped detections only cost work from here on: move each column's
             # live ones up, in order (ties still go to the one given first), and cut the
-            # rows no column needs any more. (Columns past `active` hold none.)
+            # rows no column needs any more. Only the active columns: the rest hold none,
+            # and the compaction leaves them out of the tables.
+            live_cur, live_start, live_end, live_length, live_origin = (
+                t[:, :active] for t in (current, start, end, length, origin)
+            )
             current, start, end, length, origin = _compact(
-                current >= lowest, (current, -torch.inf), (start, 0.0), (end, 0.0), (length, 0.0), (origin, 0)
+                live_cur >= lowest, (live_cur, -torch.inf), (live_start, 0.0), (live_end, 0.0), (live_length, 0.0),
+                (live_origin, 0),
             )
             stale = True
         # Columns come by descending size, so those with more than k detections are a prefix.

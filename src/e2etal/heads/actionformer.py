@@ -216,8 +216,8 @@ class ActionFormerHead(nn.Module):
             )
         # Per video and level, its encoder features [T_lb, D] and mask [T_lb]: T_lb is the
         # level's length of the pass that ran the video (see encoder_passes).
-        video_feats: list[list[Tensor]] = [[]] * features.shape[0]
-        video_masks: list[list[Tensor]] = [[]] * features.shape[0]
+        video_feats: list[list[Tensor]] = [[] for _ in range(features.shape[0])]
+        video_masks: list[list[Tensor]] = [[] for _ in range(features.shape[0])]
         for videos, length in encoder_passes(mask, cfg):
             rows = slice(videos[0], videos[-1] + 1) if videos[-1] - videos[0] + 1 == len(videos) else videos
             feats, masks = self.encoder(features[rows, :, :length], mask[rows, :length])  # per level [b, T_l, D], [b, T_l]
