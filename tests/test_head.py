@@ -121,6 +121,42 @@ def test_small_products_stay_matrix_products():
     x = torch.randn(2, 64, 128)
     assert not transformer._onednn(x, torch.zeros(128, 128, 3))  # the demo's sizes: 6.3M multiply-adds
     assert transformer._onednn(torch.randn(2, 2304, 512), torch.zeros(512, 512, 1))  # ActionFormer's projections
+    tower = torch.randn(1, 8517, 512)  # ActionFormer's towers: every level of 2 videos
+    assert transformer._winograd(tower, torch.zeros(512, 512, 3))
+    assert not transformer._winograd(tower, torch.zeros(512, 512, 5))  # F(4, 3) is for kernel 3 only
+    assert not transformer._winograd(tower.bfloat16(), torch.zeros(512, 512, 3))  # bf16 would lose to its transforms
+    assert not transformer._winograd(x, torch.zeros(128, 128, 3))
+
+
+@pytest.mark.parametrize("t", [1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 17])
+@pytest.mark.parametrize("tiles", [1, 2, 256])
+def test_winograd_conv3_equals_conv1d(t, tiles, monkeypatch):
+    """Exact in float64 (so the transforms are right) for every length modulo 4, with
+    blocks of 1 and 2 quadruples (every block boundary and both ends in the padding),
+    for a channels-first view and a contiguous input, with and without bias."""
+    monkeypatch.setattr(transformer, "WINOGRAD_TILES", tiles)
+    g = torch.Generator().manual_seed(t)
+    x = torch.randn(3, 5, t, generator=g, dtype=torch.float64)  # channels-first
+    w = torch.randn(4, 5, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(4, generator=g, dtype=torch.float64)
+    for bias in (None, b):
+        want = F.conv1d(x, w, bias, padding=1).transpose(1, 2)  # [B, T, 4]
+        for view in (x.transpose(1, 2), x.transpose(1, 2).contiguous()):
+            got = transformer.winograd_conv3(view, *w.unbind(2), bias)
+            assert got.shape == want.shape
+            assert torch.allclose(got, want, atol=1e-12)
+
+
+def test_winograd_conv3_in_float32_is_as_accurate_as_conv1d():
+    """Its transforms add rounding; measured against float64, its float32 error stays
+    within twice that of the library's own float32 convolution."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 256, 600, generator=g)  # channels-first
+    w = torch.randn(256, 256, 3, generator=g) / (3 * 256) ** 0.5
+    exact = F.conv1d(x.double(), w.double(), padding=1).transpose(1, 2)
+    conv_error = (F.conv1d(x, w, padding=1).transpose(1, 2).double() - exact).abs().max()
+    winograd_error = (transformer.winograd_conv3(x.transpose(1, 2), *w.unbind(2)).double() - exact).abs().max()
+    assert winograd_error <= 2 * conv_error, (winograd_error, conv_error)
 
 
 @pytest.mark.parametrize("t, stride", [(9, 1), (9, 2), (8, 2)])

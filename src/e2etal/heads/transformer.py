@@ -10,9 +10,13 @@ boolean mask `[B, T]` (True = a real feature step, False = padding).
 Kernels. On CPU the head's large matrix products (convolutions over time, the linear
 layers) run as oneDNN convolutions on that channels-last view: at ActionFormer's sizes
 their AVX-512 kernels ran faster than MKL's sgemm (what `F.linear` and `torch.mm` use) on
-the AMD EPYC CPU of benchmarks/RESULTS.md (head_speed.py there). Below about 2^27
-multiply-adds a call (the demo's 128-wide head) oneDNN's fixed cost per call made it
-slower, so small products stay matrix products, as they do on GPUs (cuBLAS).
+the AMD EPYC CPU of benchmarks/RESULTS.md (head_speed.py there). The exception is the
+large float32 convolutions of kernel 3 (the embedding and the towers, half the head's
+multiply-adds), which run as Winograd's F(4, 3) on CPU: six matrix products over a
+quarter of the steps instead of three over all of them, half the arithmetic
+(`winograd_conv3`). Below about 2^27 multiply-adds a call (the demo's 128-wide head)
+oneDNN's fixed cost per call made it slower, so small products stay matrix products, as
+they do on GPUs (cuBLAS), whose bfloat16 would lose more to Winograd's transforms.
 
 Padding. A module's outputs at valid steps depend only on its input's valid steps:
 whatever mixes time steps (a convolution, the attention, the max-pool) first sets its
@@ -51,6 +55,97 @@ def _onednn(x: Tensor, weight: Tensor) -> bool:
     return x.device.type == "cpu" and macs >= ONEDNN_MIN_MACS and torch.backends.mkldnn.is_available()
 
 
+def _winograd(x: Tensor, weight: Tensor) -> bool:
+    """Whether the convolution of `x` [..., C_in] by `weight` [C_out, C_in, k] runs as
+    `winograd_conv3`: a large float32 one of kernel 3 on CPU."""
+    return weight.shape[2] == 3 and x.dtype == torch.float32 and _onednn(x, weight)
+
+
+WINOGRAD_TILES = 256  # output quadruples per block of winograd_conv3: its buffers stay small
+
+
+def winograd_conv3(x: Tensor, g0: Tensor, g1: Tensor, g2: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Centred ("same", zero-padded) convolution of kernel 3, y[t] = g0 x[t-1] + g1 x[t]
+    + g2 x[t+1] (+ bias), by Winograd's minimal filtering F(4, 3) (Lavin & Gray, "Fast
+    Algorithms for Convolutional Neural Networks", CVPR 2016, with their interpolation
+    points 0, 1, -1, 2, -2 and infinity): four outputs y[4j..4j+3] read six inputs
+    d0..d5 = x[4j-1..4j+4] through six matrix products m_i = u_i G_i, where
+
+        u0 = 4 d0 - 5 d2 + d4          G0 = g0 / 4
+        u1, u2 = (d4 - 4 d2) +- (d3 - 4 d1)       G1, G2 = -(g0 +- g1 + g2) / 6
+        u3, u4 = (d4 - d2) +- 2 (d3 - d1)         G3, G4 = g0 / 24 +- g1 / 12 + g2 / 6
+        u5 = 4 d1 - 5 d3 + d5          G5 = g2
+
+        y0 = m0 + (m1 + m2) + (m3 + m4)      y1 = (m1 - m2) + 2 (m3 - m4)
+        y2 = (m1 + m2) + 4 (m3 + m4)         y3 = (m1 - m2) + 8 (m3 - m4) + m5
+
+    so six products over T / 4 rows replace three over T: half the multiply-adds. In
+    exact arithmetic it is the convolution; in float32 its rounding error is about that
+    of the library's own convolution (tests/test_head.py compares both with float64).
+
+    x: [B, T, C_in] (any strides with one unit stride per matrix), g0, g1, g2: the taps,
+    [C_out, C_in] each -> [B, T, C_out] (contiguous if 4 divides T or B is 1). Outputs
+    are taken 4 * WINOGRAD_TILES at a time, so the transformed inputs and the products
+    stay a few MB; only the blocks at either end of a sequence, which reach into the
+    padding, copy their input."""
+    batch, t, c_in = x.shape
+    c_out = g0.shape[0]
+    tiles = (t + 3) // 4
+    # The transformed taps, transposed ([C_in, C_out]): rows of u times them give rows of m.
+    mats = [
+        g.t().contiguous()
+        for g in (
+            g0 / 4,
+            -(g0 + g1 + g2) / 6,
+            -(g0 - g1 + g2) / 6,
+            g0 / 24 + g1 / 12 + g2 / 6,
+            g0 / 24 - g1 / 12 + g2 / 6,
+            g2,
+        )
+    ]
+    out = x.new_empty(batch, 4 * tiles, c_out)
+    n = min(WINOGRAD_TILES, tiles)
+    u_buf, pair_buf = x.new_empty(6, n, c_in), x.new_empty(2, n, c_in)
+    m_buf, sum_buf = x.new_empty(4, n, c_out), x.new_empty(4, n, c_out)
+    for b in range(batch):
+        for lo in range(0, tiles, n):
+            hi = min(lo + n, tiles)
+            first, last = 4 * lo - 1, 4 * hi + 1  # input rows first..last-1 feed tiles lo..hi-1
+            if first >= 0 and last <= t:
+                rows = x[b, first:last]
+            else:  # reaches into the zero padding
+                rows = x.new_zeros(last - first, c_in)
+                rows[max(first, 0) - first : min(last, t) - first] = x[b, max(first, 0) : min(last, t)]
+            k = hi - lo
+            d = [rows[i : i + 4 * k : 4] for i in range(6)]  # [k, C_in] each
+            u, p, q = u_buf[:, :k], pair_buf[0, :k], pair_buf[1, :k]
+            torch.add(d[4], d[2], alpha=-5, out=u[0]).add_(d[0], alpha=4)
+            torch.add(d[5], d[3], alpha=-5, out=u[5]).add_(d[1], alpha=4)
+            torch.add(d[4], d[2], alpha=-4, out=p)
+            torch.add(d[3], d[1], alpha=-4, out=q)
+            torch.add(p, q, out=u[1])
+            torch.sub(p, q, out=u[2])
+            torch.sub(d[4], d[2], out=p)
+            torch.sub(d[3], d[1], out=q)
+            torch.add(p, q, alpha=2, out=u[3])
+            torch.add(p, q, alpha=-2, out=u[4])
+            m, sums = m_buf[:, :k], sum_buf[:, :k]
+            for i in range(4):
+                torch.mm(u[i + 1], mats[i + 1], out=m[i])  # m1..m4
+            if bias is not None:
+                m[0] += bias  # every output takes m1 exactly once
+            torch.add(m[0], m[1], out=sums[0])
+            torch.sub(m[0], m[1], out=sums[1])
+            torch.add(m[2], m[3], out=sums[2])
+            torch.sub(m[2], m[3], out=sums[3])
+            y = [out[b, 4 * lo + i : 4 * hi : 4] for i in range(4)]  # [k, C_out] each
+            torch.add(sums[0], sums[2], out=y[0]).addmm_(u[0], mats[0])
+            torch.add(sums[1], sums[3], alpha=2, out=y[1])
+            torch.add(sums[0], sums[2], alpha=4, out=y[2])
+            torch.add(sums[1], sums[3], alpha=8, out=y[3]).addmm_(u[5], mats[5])
+    return out[:, :t] if 4 * tiles != t else out
+
+
 def channels_last_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """Centred ("same", zero-padded) 1-D convolution of `[B, T, C_in]` as a 2-D
     convolution of its `[B, C_in, 1, T]` view, channels-last in memory when x is
@@ -66,10 +161,11 @@ def channels_last_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) ->
 
 
 class _SameConv(torch.autograd.Function):
-    """Forward and backward of `same_conv` (see there): the forward as a oneDNN
-    convolution on CPU, else as matrix products on row ranges; the backward as matrix
-    products on row ranges everywhere (MKL's products beat oneDNN's convolution backward
-    on the towers' one long sequence)."""
+    """Forward and backward of `same_conv` (see there). On CPU, at sizes above
+    ONEDNN_MIN_MACS, the forward and the input's gradient of a float32 kernel-3
+    convolution run as `winograd_conv3`, and the forward of other kernels as a oneDNN
+    convolution; everything else runs as matrix products on row ranges (MKL's products
+    beat oneDNN's convolution backward on the towers' one long sequence)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -83,11 +179,14 @@ class _SameConv(torch.autograd.Function):
         x = x.to(dtype)
         bias = None if bias is None else bias.to(dtype)
         ctx.has_bias = bias is not None
-        if _onednn(x, weight):
-            ctx.save_for_backward(x, weight.to(dtype).permute(2, 0, 1).contiguous())
-            # detach(): the same memory, but not a view, so callers may write in place.
-            return channels_last_conv(x, weight.to(dtype), bias).detach()
         taps = weight.to(dtype).permute(2, 0, 1).contiguous()  # [k, C_out, C_in]: one matrix per tap
+        if _winograd(x, weight):
+            ctx.save_for_backward(x, taps)
+            # detach(): the same memory, but not a view, so callers may write in place.
+            return winograd_conv3(x, *taps, bias).detach()
+        if _onednn(x, weight):
+            ctx.save_for_backward(x, taps)
+            return channels_last_conv(x, weight.to(dtype), bias).detach()
         out = x.new_empty(batch, t, weight.shape[0])  # [B, T, C_out]
         for b in range(batch):
             if bias is None:
@@ -105,7 +204,11 @@ class _SameConv(torch.autograd.Function):
         batch, t, _ = x.shape
         k = taps.shape[0]
         grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and _winograd(grad, taps.permute(2, 1, 0)):
+            # The input's gradient is the same convolution of grad by the transposed taps
+            # in reverse order: grad_x[t] = sum_j taps[j]^T grad[t + 1 - j].
+            grad_x = winograd_conv3(grad, taps[2].t(), taps[1].t(), taps[0].t())
+        elif ctx.needs_input_grad[0]:
             grad_x = x.new_empty(x.shape)
             for b in range(batch):
                 torch.mm(grad[b], taps[k // 2], out=grad_x[b])
