@@ -16,7 +16,8 @@ multiply-adds), which run as Winograd's F(4, 3) on CPU: six matrix products over
 quarter of the steps instead of three over all of them, half the arithmetic
 (`winograd_conv3`). Below about 2^27 multiply-adds a call (the demo's 128-wide head)
 oneDNN's fixed cost per call made it slower, so small products stay matrix products, as
-they do on GPUs (cuBLAS), whose bfloat16 would lose more to Winograd's transforms.
+they do on GPUs (cuBLAS). Winograd stays off in bfloat16, whose 8-bit mantissa would
+magnify the rounding of its transforms, and on GPUs, where it was never measured.
 
 Padding. A module's outputs at valid steps depend only on its input's valid steps:
 whatever mixes time steps (a convolution, the attention, the max-pool) first sets its
