@@ -86,7 +86,8 @@ def test_same_conv_equals_conv1d(t, kernel_size, bias):
 
 @pytest.fixture(params=["onednn", "matmul"])
 def kernels(request, monkeypatch):
-    """Runs a test with every product of the head as a oneDNN convolution on CPU, then
+    """Runs a test with every product of the head on the CPU's large-size kernels (a
+    oneDNN convolution, or Winograd F(4, 3) for float32 kernel-3 convolutions), then
     with none (the path GPUs and small products take), whatever the sizes."""
     monkeypatch.setattr(transformer, "ONEDNN_MIN_MACS", 0 if request.param == "onednn" else 2**62)
     return request.param
