@@ -125,8 +125,23 @@ def test_small_products_stay_matrix_products():
     tower = torch.randn(1, 8517, 512)  # ActionFormer's towers: every level of 2 videos
     assert transformer._winograd(tower, torch.zeros(512, 512, 3))
     assert not transformer._winograd(tower, torch.zeros(512, 512, 5))  # F(4, 3) is for kernel 3 only
-    assert not transformer._winograd(tower.bfloat16(), torch.zeros(512, 512, 3))  # bf16 would lose to its transforms
+    assert not transformer._winograd(tower.bfloat16(), torch.zeros(512, 512, 3))  # bf16 keeps the oneDNN path
     assert not transformer._winograd(x, torch.zeros(128, 128, 3))
+
+
+def test_large_kernel3_convolutions_run_as_winograd_both_ways(monkeypatch):
+    """The equality tests pass on any path; this one checks that the forward and the
+    input's gradient of a large float32 kernel-3 convolution do take Winograd's, and
+    that other kernels do not."""
+    monkeypatch.setattr(transformer, "ONEDNN_MIN_MACS", 0)
+    calls = []
+    real = transformer.winograd_conv3
+    monkeypatch.setattr(transformer, "winograd_conv3", lambda *a: calls.append(a[0].shape) or real(*a))
+    x = torch.randn(2, 9, 6, requires_grad=True)
+    for kernel_size, expected in ((3, 2), (5, 0)):
+        calls.clear()
+        same_conv(x, torch.randn(5, 6, kernel_size)).sum().backward()
+        assert len(calls) == expected
 
 
 @pytest.mark.parametrize("t", [1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 17])

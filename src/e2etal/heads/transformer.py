@@ -180,14 +180,15 @@ class _SameConv(torch.autograd.Function):
         x = x.to(dtype)
         bias = None if bias is None else bias.to(dtype)
         ctx.has_bias = bias is not None
-        taps = weight.to(dtype).permute(2, 0, 1).contiguous()  # [k, C_out, C_in]: one matrix per tap
+        weight = weight.to(dtype)
+        taps = weight.permute(2, 0, 1).contiguous()  # [k, C_out, C_in]: one matrix per tap
         if _winograd(x, weight):
             ctx.save_for_backward(x, taps)
             # detach(): the same memory, but not a view, so callers may write in place.
             return winograd_conv3(x, *taps, bias).detach()
         if _onednn(x, weight):
             ctx.save_for_backward(x, taps)
-            return channels_last_conv(x, weight.to(dtype), bias).detach()
+            return channels_last_conv(x, weight, bias).detach()
         out = x.new_empty(batch, t, weight.shape[0])  # [B, T, C_out]
         for b in range(batch):
             if bias is None:
