@@ -193,6 +193,32 @@ def test_depthwise_conv_and_max_pool_equal_their_channels_first_forms(t, stride)
             assert torch.equal(pooled[b, i], expected), (b, i)
 
 
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_inplace_gelu_overwrites_only_where_autograd_does_not_need_its_input(approximate):
+    gelu = transformer.InplaceGELU(approximate=approximate)
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    want = F.gelu(x, approximate=approximate)
+    with torch.no_grad():
+        inference = x.clone()
+        assert gelu(inference).data_ptr() == inference.data_ptr()
+    assert torch.equal(inference, want)
+    plain = x.clone()  # no gradient wanted: nothing to keep
+    assert gelu(plain).data_ptr() == plain.data_ptr() and torch.equal(plain, want)
+    leaf = x.clone().requires_grad_()
+    out = gelu(leaf)
+    assert torch.equal(out, want) and torch.equal(leaf, x)
+    out.sum().backward()
+    reference = x.clone().requires_grad_()
+    F.gelu(reference, approximate=approximate).sum().backward()
+    assert torch.equal(leaf.grad, reference.grad)
+
+
+def test_blocks_use_the_inplace_gelu_and_keep_their_state_dict_keys():
+    block = transformer.TransformerBlock(8, 2, 3)
+    assert isinstance(block.mlp[1], transformer.InplaceGELU)
+    assert {k for k in block.state_dict() if k.startswith("mlp.")} == {"mlp.0.weight", "mlp.0.bias", "mlp.3.weight", "mlp.3.bias"}
+
+
 def test_parameter_count_equals_actionformers():
     """ActionFormer's LocPointTransformer at configs/thumos_i3d.yaml has 29,251,612
     parameters; HeadConfig() is that setting, so the head must have as many."""

@@ -92,9 +92,11 @@ def winograd_conv3(x: Tensor, g0: Tensor, g1: Tensor, g2: Tensor, bias: Tensor |
     batch, t, c_in = x.shape
     c_out = g0.shape[0]
     tiles = (t + 3) // 4
-    # The transformed taps, transposed ([C_in, C_out]): rows of u times them give rows of m.
+    # The transformed taps as transposed views ([C_in, C_out]): rows of u times them give
+    # rows of m. MKL reads a transposed operand as fast as a contiguous one, and a
+    # transposing copy of each would cost more than the arithmetic that makes them.
     mats = [
-        g.t().contiguous()
+        g.t()
         for g in (
             g0 / 4,
             -(g0 + g1 + g2) / 6,
@@ -424,6 +426,17 @@ class LocalSelfAttention(nn.Module):
         return self.out_drop(self.out_proj(out)), out_mask
 
 
+class InplaceGELU(nn.GELU):
+    """nn.GELU that overwrites its input where autograd does not need it (inference and
+    no-grad code): the MLP's hidden tensor is the block's largest, and on CPU a fresh one
+    costs page faults on top of its pass. With gradients it is nn.GELU."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return super().forward(x)
+        return torch.ops.aten.gelu_(x, approximate=self.approximate)
+
+
 class LayerScale(nn.Module):
     """Learnable per-channel scale of a `[B, T, C]` residual branch."""
 
@@ -458,7 +471,7 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(
             StepLinear(dim, mlp_ratio * dim),
-            nn.GELU(),
+            InplaceGELU(),
             nn.Dropout(dropout),
             StepLinear(mlp_ratio * dim, dim),
             nn.Dropout(dropout),
