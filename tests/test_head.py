@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from e2etal.activations import InplaceGELU
 from e2etal.config import from_dict
 from e2etal.geometry import pairwise_tiou
 from e2etal.heads import HeadConfig, HeadOutput, build_head, padded_length
@@ -163,16 +164,20 @@ def test_winograd_conv3_equals_conv1d(t, tiles, monkeypatch):
             assert torch.allclose(got, want, atol=1e-12)
 
 
-def test_winograd_conv3_in_float32_is_as_accurate_as_conv1d():
-    """Its transforms add rounding; measured against float64, its float32 error stays
-    within twice that of the library's own float32 convolution."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 256, 600, generator=g)  # channels-first
-    w = torch.randn(256, 256, 3, generator=g) / (3 * 256) ** 0.5
+@pytest.mark.parametrize("c, t", [(64, 100), (256, 600), (512, 2304)])
+def test_winograd_conv3_in_float32_errs_by_a_few_roundings_of_the_sum(c, t):
+    """Against float64, in units of float32's eps times sum |w| |x| (what a dot product's
+    rounding scales with, whatever the library's order of summation): the transforms
+    amplify the products' rounding, measured 2-7 units where a direct float32
+    convolution errs by 0.4-1.5 (benchmarks/RESULTS.md); a wrong transform or a
+    product in a narrower type errs by orders of magnitude more."""
+    g = torch.Generator().manual_seed(c)
+    x = torch.randn(1, c, t, generator=g)  # channels-first
+    w = torch.randn(c, c, 3, generator=g) / (3 * c) ** 0.5
     exact = F.conv1d(x.double(), w.double(), padding=1).transpose(1, 2)
-    conv_error = (F.conv1d(x, w, padding=1).transpose(1, 2).double() - exact).abs().max()
-    winograd_error = (transformer.winograd_conv3(x.transpose(1, 2), *w.unbind(2)).double() - exact).abs().max()
-    assert winograd_error <= 2 * conv_error, (winograd_error, conv_error)
+    unit = torch.finfo(torch.float32).eps * F.conv1d(x.double().abs(), w.double().abs(), padding=1).transpose(1, 2)
+    got = transformer.winograd_conv3(x.transpose(1, 2), *w.unbind(2)).double()
+    assert ((got - exact).abs() / unit).max() <= 16
 
 
 @pytest.mark.parametrize("t, stride", [(9, 1), (9, 2), (8, 2)])
@@ -193,29 +198,9 @@ def test_depthwise_conv_and_max_pool_equal_their_channels_first_forms(t, stride)
             assert torch.equal(pooled[b, i], expected), (b, i)
 
 
-@pytest.mark.parametrize("approximate", ["none", "tanh"])
-def test_inplace_gelu_overwrites_only_where_autograd_does_not_need_its_input(approximate):
-    gelu = transformer.InplaceGELU(approximate=approximate)
-    x = torch.randn(3, 5, 8, dtype=torch.float64)
-    want = F.gelu(x, approximate=approximate)
-    with torch.no_grad():
-        inference = x.clone()
-        assert gelu(inference).data_ptr() == inference.data_ptr()
-    assert torch.equal(inference, want)
-    plain = x.clone()  # no gradient wanted: nothing to keep
-    assert gelu(plain).data_ptr() == plain.data_ptr() and torch.equal(plain, want)
-    leaf = x.clone().requires_grad_()
-    out = gelu(leaf)
-    assert torch.equal(out, want) and torch.equal(leaf, x)
-    out.sum().backward()
-    reference = x.clone().requires_grad_()
-    F.gelu(reference, approximate=approximate).sum().backward()
-    assert torch.equal(leaf.grad, reference.grad)
-
-
 def test_blocks_use_the_inplace_gelu_and_keep_their_state_dict_keys():
     block = transformer.TransformerBlock(8, 2, 3)
-    assert isinstance(block.mlp[1], transformer.InplaceGELU)
+    assert isinstance(block.mlp[1], InplaceGELU)
     assert {k for k in block.state_dict() if k.startswith("mlp.")} == {"mlp.0.weight", "mlp.0.bias", "mlp.3.weight", "mlp.3.bias"}
 
 

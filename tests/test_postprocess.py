@@ -265,6 +265,82 @@ def test_soft_nms_float32_and_underflowing_decays_match_reference(seed):
         assert out_labels.tolist() == labels[[i for i, _ in expected]].tolist()
 
 
+def test_power_of_two_sigmas_multiply_and_decay_exactly_as_the_division(monkeypatch):
+    # Every float32 class of value, subnormals and zeros included.
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.rand(10_000, generator=g), torch.rand(1_000, generator=g) * 1e-38, torch.tensor([0.0, 1.0, 3e-45])])
+    for sigma in (0.5, 0.25, 1.0, 2.0, 0.0078125):
+        inverse = postprocess_module._exact_negated_inverse(sigma)
+        assert inverse == -1.0 / sigma
+        assert torch.equal(x * inverse, x / -sigma)
+        assert torch.equal(x.double() * inverse, x.double() / -sigma)
+    for sigma in (0.3, 0.75, 1.5, 0.1, 2.0**-120):
+        assert postprocess_module._exact_negated_inverse(sigma) is None
+    segs, scores, labels = random_detections(1, n=120, num_classes=3, coarse=False)
+    segs, scores = segs.float(), scores.float()
+    fast = soft_nms(segs, scores, labels, 0.5, 1e-3)
+    monkeypatch.setattr(postprocess_module, "_exact_negated_inverse", lambda sigma: None)
+    divided = soft_nms(segs, scores, labels, 0.5, 1e-3)
+    assert all(torch.equal(a, b) for a, b in zip(fast, divided))
+
+
+@pytest.mark.parametrize("method", ["soft", "hard"])
+def test_suppression_of_zero_length_reversed_and_dead_columns_matches_reference(monkeypatch, method):
+    # soft_nms and nms take segments as given: zero-length and reversed ones overlap
+    # nothing; a class whose scores all fall under min_score goes dead while others run,
+    # its picks then land on padding (zero length at 0) and must decay nothing to NaN.
+    segs = torch.tensor(
+        [[0.0, 10.0], [0.0, 10.0], [3.0, 3.0], [3.0, 3.0], [8.0, 2.0], [0.0, 0.0], [1.0, 9.0], [20.0, 21.0], [0.0, 10.0]]
+        + [[float(i), float(i) + 4.0] for i in range(12)],
+        dtype=torch.float64,
+    )
+    n = segs.shape[0]
+    scores = torch.linspace(0.9, 0.3, n, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1] + [2] * 12)
+    lists = as_lists(segs, scores, labels)
+    for compact_every in (1, 32):
+        monkeypatch.setattr(postprocess_module, "_COMPACT_EVERY", compact_every)
+        if method == "soft":
+            for sigma, min_score in ((0.5, 1e-3), (0.05, 0.25)):
+                expected = ref_soft_nms(*lists, sigma, min_score, False)
+                out_segs, out_scores, out_labels = soft_nms(segs, scores, labels, sigma, min_score)
+                torch.testing.assert_close(out_scores, torch.tensor([s for _, s in expected], dtype=torch.float64))
+                assert out_labels.tolist() == labels[[i for i, _ in expected]].tolist()
+                torch.testing.assert_close(out_segs, segs[[i for i, _ in expected]])
+        else:
+            for thr in (0.0, 0.5):
+                assert nms(segs, scores, labels, thr).tolist() == ref_nms(*lists, thr, False)
+
+
+@pytest.mark.parametrize("num_groups", [1, 7, 32_768, 32_769])
+def test_layout_places_each_detection_at_its_rank_in_its_group(num_groups):
+    # Around the bound where the sort keys widen from int16 to int32.
+    g = torch.Generator().manual_seed(num_groups)
+    groups = torch.cat([torch.arange(num_groups), torch.randint(0, num_groups, (3 * num_groups,), generator=g)])
+    groups = groups[torch.randperm(groups.numel(), generator=g)]
+    layout = postprocess_module._layout(groups, num_groups)
+    sizes = torch.bincount(groups, minlength=num_groups)
+    assert layout.sizes == sorted(sizes.tolist(), reverse=True)
+    # Columns by descending size, ties by group index.
+    by_size = sorted(range(num_groups), key=lambda k: (-sizes[k].item(), k))
+    expected_column = {group: column for column, group in enumerate(by_size)}
+    assert layout.column_of_group.tolist() == [expected_column[k] for k in range(num_groups)]
+    seen = [0] * num_groups
+    expected_flat = []
+    for group in groups.tolist():
+        expected_flat.append(seen[group] * num_groups + expected_column[group])
+        seen[group] += 1
+    assert layout.flat.tolist() == expected_flat
+    assert layout.column.tolist() == [expected_column[k] for k in groups.tolist()]
+
+
+def test_small_int_keys_keep_their_values():
+    for bound, dtype in ((1, torch.int16), (32_768, torch.int16), (32_769, torch.int32), (2**31, torch.int32), (2**31 + 1, torch.int64)):
+        values = torch.tensor([0, bound - 1])
+        keys = postprocess_module._small_ints(values, bound)
+        assert keys.dtype == dtype and keys.tolist() == [0, bound - 1]
+
+
 # ---------------------------------------------------------------- score voting
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from e2etal.activations import InplaceGELU
 from e2etal.backbones.layout import TapFn, TapLayout
 
 __all__ = [
@@ -169,7 +170,7 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()  # exact erf form, as released
+        self.act = InplaceGELU()  # exact erf form, as released; in place without gradients
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
 
