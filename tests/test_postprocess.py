@@ -287,8 +287,9 @@ def test_power_of_two_sigmas_multiply_and_decay_exactly_as_the_division(monkeypa
 @pytest.mark.parametrize("method", ["soft", "hard"])
 def test_suppression_of_zero_length_reversed_and_dead_columns_matches_reference(monkeypatch, method):
     # soft_nms and nms take segments as given: zero-length and reversed ones overlap
-    # nothing; a class whose scores all fall under min_score goes dead while others run,
-    # its picks then land on padding (zero length at 0) and must decay nothing to NaN.
+    # nothing, and two zero-length ones at one place have an empty union, which must
+    # give a tIoU of 0, not NaN; a class whose scores all fall under min_score goes dead
+    # while the others run.
     segs = torch.tensor(
         [[0.0, 10.0], [0.0, 10.0], [3.0, 3.0], [3.0, 3.0], [8.0, 2.0], [0.0, 0.0], [1.0, 9.0], [20.0, 21.0], [0.0, 10.0]]
         + [[float(i), float(i) + 4.0] for i in range(12)],
