@@ -5,8 +5,8 @@
 
 Steps, in order of value; each runs in a process of its own (with --tiny, in this one); a
 failure is recorded and the suite goes on, and a step that would start with too little of
-the budget left, or outruns it, is recorded as not run or stopped, with everything before
-it kept:
+the budget left, or outruns it, is recorded as not run or stopped, with every figure
+measured until then kept, the step's own included:
 
   cuda_tests     the tests marked `cuda` (bf16 autocast, SDPA, CUDA memory meters, the
                  LoFi encoder step): `pytest -m cuda`
@@ -34,20 +34,24 @@ it kept:
 Nothing is downloaded: weights are random, videos generated. Writes DIR/gpu_suite.json
 (every figure, the device, driver, torch and CUDA versions, the commit) and
 DIR/gpu_suite.md (a table to paste into benchmarks/RESULTS.md), and prints the table:
-each figure beside its target, pass or fail.
+each figure beside its target, pass or fail. The commit is git's, or E2ETAL_COMMIT's where the
+copy has no .git. A missing dependency stops the suite before its first step (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from e2etal import io
@@ -60,7 +64,11 @@ ROOT = HERE.parent
 STEPS = [("cuda_tests", 20, 5), ("bench_losa", 90, 10), ("extraction", 90, 10), ("head_training", 40, 5),
          ("head_vs_actionformer", 40, 10), ("lofi_memory", 60, 5), ("short_runs", 60, 10), ("ddp", 30, 10)]
 ACTIONFORMER = ROOT / ".cache" / "actionformer"
+Emit = Callable[[dict], None]  # takes one figure (`_figure`)
 HEAD_TARGET_X = 1.25  # the head at least this many times faster than ActionFormer's
+# What the steps import; checked before the first step, so that a machine that lacks one
+# (PyAV is not in every GPU image) costs seconds, not the budget.
+REQUIRED = ("torch", "numpy", "av", "safetensors", "yaml", "tqdm", "matplotlib", "pytest")
 
 
 def _figure(name: str, value, unit: str = "", target: str | None = None, passed: bool | None = None) -> dict:
@@ -84,10 +92,11 @@ def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
 
 
 # ---------------------------------------------------------------------------------------
-# Steps: each returns a list of figures; run in a child process (`--step NAME`).
+# Steps: each gives its figures to `emit` as it measures them, so that a step stopped by
+# the budget keeps what it had; run in a child process (`--step NAME`).
 
 
-def step_cuda_tests(tiny: bool, out: Path, timeout: float) -> list[dict]:
+def step_cuda_tests(tiny: bool, out: Path, timeout: float, emit: Emit) -> None:
     # Only the files that mark a test `cuda`: collecting the whole suite takes longer than
     # running these.
     files = sorted(str(f.relative_to(ROOT)) for f in (ROOT / "tests").glob("test_*.py")
@@ -98,33 +107,32 @@ def step_cuda_tests(tiny: bool, out: Path, timeout: float) -> list[dict]:
     failed = counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0)
     ran = counts.get("passed", 0) + failed
     passed = None if ran == 0 else failed == 0  # all skipped: no CUDA, nothing shown
-    return [_figure("cuda tests passed / failed / skipped",
-                    f"{counts.get('passed', 0)} / {failed} / {counts.get('skipped', 0)}",
-                    target="all pass", passed=passed)]
+    emit(_figure("cuda tests passed / failed / skipped", f"{counts.get('passed', 0)} / {failed} / {counts.get('skipped', 0)}",
+                 target="all pass", passed=passed))
 
 
-def step_bench_losa(tiny: bool, out: Path, timeout: float) -> list[dict]:
+def step_bench_losa(tiny: bool, out: Path, timeout: float, emit: Emit) -> None:
     from e2etal.benchmark.losa import bench_settings, check_targets, run_bench
 
     runs = [("tiny", None, None)] if tiny else [("vit-g", 768, 224), ("vit-g", 768, 160), ("vit-b", 768, 224)]
-    figures = []
     for backbone, frames, res in runs:
         settings = bench_settings(backbone=backbone if not tiny else "vit-g", frames=frames, res=res, tiny=tiny,
                                   steps=2 if tiny else 5, min_time_s=0.1 if tiny else 1.0)
-        rows = run_bench(settings)
         label = f"{settings.backbone} {settings.frames}f {settings.res}px"
-        for row in rows:
-            figures.append(_figure(f"bench losa {label} {row['method']} peak", row["peak_mem_gb"],
-                                   "GB" if row.get("mem_measure", "").startswith("cuda") else "GB RSS"))
-            figures.append(_figure(f"bench losa {label} {row['method']} step", row["step_s"], "s"))
+
+        def emit_row(row: dict, label: str = label) -> None:
+            emit(_figure(f"bench losa {label} {row['method']} peak", row["peak_mem_gb"],
+                         "GB" if (row.get("mem_measure") or "").startswith("cuda") else "GB RSS"))
+            emit(_figure(f"bench losa {label} {row['method']} step", row["step_s"], "s"))
+
+        rows = run_bench(settings, on_row=emit_row)
         if backbone == "vit-g" and res == 224:
             for check in check_targets(rows):
-                figures.append(_figure(f"bench losa {label}: {check['target']}", check["value"], target=check["target"],
-                                       passed=check["met"]))
-    return figures
+                emit(_figure(f"bench losa {label}: {check['target']}", check["value"], target=check["target"],
+                             passed=check["met"]))
 
 
-def step_extraction(tiny: bool, out: Path, timeout: float) -> list[dict]:
+def step_extraction(tiny: bool, out: Path, timeout: float, emit: Emit) -> None:
     sys.path.insert(0, str(HERE))
     import torch
     import video_throughput as vt
@@ -140,7 +148,6 @@ def step_extraction(tiny: bool, out: Path, timeout: float) -> list[dict]:
         models, sizes, seconds, width, height, micro = ["vit-b", "vit-g"], [160, 224], 60.0, 1280, 720, 32
     video = vt.write_test_video(out / "extraction_test.mp4", seconds, fps=30, width=width, height=height)
     constructors = {"tiny-vit": vt.tiny_vit, **BACKBONES}
-    figures = []
     for name in models:
         with torch.device(device):
             module = constructors[name]()
@@ -153,27 +160,25 @@ def step_extraction(tiny: bool, out: Path, timeout: float) -> list[dict]:
             end_to_end = vt.end_to_end_fps(video, module, cfg, device, repeats=1)
             ratio = end_to_end / min(decode, backbone)
             label = f"extraction {name} {size}px {width}x{height}"
-            figures += [_figure(f"{label} decode", round(decode, 1), "frames/s"),
-                        _figure(f"{label} backbone", round(backbone, 1), "frames/s"),
-                        _figure(f"{label} end to end", round(end_to_end, 1), "frames/s"),
-                        _figure(f"{label} end to end / slower stage", round(ratio, 3), target=">= 0.8",
-                                passed=ratio >= 0.8)]
+            emit(_figure(f"{label} decode", round(decode, 1), "frames/s"))
+            emit(_figure(f"{label} backbone", round(backbone, 1), "frames/s"))
+            emit(_figure(f"{label} end to end", round(end_to_end, 1), "frames/s"))
+            emit(_figure(f"{label} end to end / slower stage", round(ratio, 3), target=">= 0.8", passed=ratio >= 0.8))
         del module
-    return figures
 
 
-def step_head_training(tiny: bool, out: Path, timeout: float) -> list[dict]:
+def step_head_training(tiny: bool, out: Path, timeout: float, emit: Emit) -> None:
     sys.path.insert(0, str(HERE))
     import train_throughput
 
     sizes = {"videos": 2, "length": 200, "channels": 64, "max_seq_len": 256} if tiny else {"videos": 40}
     r = train_throughput.measure(**sizes)
-    return [_figure("head training THUMOS-14 I3D videos/s", round(r["videos_per_s"], 3), "videos/s"),
-            _figure("head training s/step (batch 2)", round(r["s_per_step"], 4), "s"),
-            _figure("head training peak memory", round(r["peak_memory_gb"], 2), "GB")]
+    emit(_figure("head training THUMOS-14 I3D videos/s", round(r["videos_per_s"], 3), "videos/s"))
+    emit(_figure("head training s/step (batch 2)", round(r["s_per_step"], 4), "s"))
+    emit(_figure("head training peak memory", round(r["peak_memory_gb"], 2), "GB"))
 
 
-def step_head_vs_actionformer(tiny: bool, out: Path, timeout: float, actionformer: Path | None = None) -> list[dict]:
+def step_head_vs_actionformer(tiny: bool, out: Path, timeout: float, emit: Emit, actionformer: Path | None = None) -> None:
     args = ["--tiny", "--repeats", "2", "--device", "cpu"] if tiny else ["--device", "cuda", "--repeats", "7", "--warmup", "2"]
     have_actionformer = actionformer is not None and (actionformer / "libs" / "modeling").is_dir()
     if have_actionformer:
@@ -183,43 +188,39 @@ def step_head_vs_actionformer(tiny: bool, out: Path, timeout: float, actionforme
     if done.returncode or not result:
         raise RuntimeError(f"head_speed.py failed:\n{done.stderr[-2000:]}")
     r = result[0]
-    figures = []
     for what in ("train_step", "eval_forward"):
         for name in ("now", "before", "actionformer"):
             if name in r[what]:
-                figures.append(_figure(f"head bf16 {what} median, {name}", round(r[what][name]["median_s"], 4), "s"))
+                emit(_figure(f"head bf16 {what} median, {name}", round(r[what][name]["median_s"], 4), "s"))
         for name, x in r["speedup_of_now"][what].items():
             gated = name == "actionformer"
-            figures.append(_figure(f"head bf16 {what}: x faster than {name} (median)", round(x["median_s"], 3),
-                                   target=f">= {HEAD_TARGET_X}" if gated else None,
-                                   passed=x["median_s"] >= HEAD_TARGET_X if gated else None))
+            emit(_figure(f"head bf16 {what}: x faster than {name} (median)", round(x["median_s"], 3),
+                         target=f">= {HEAD_TARGET_X}" if gated else None,
+                         passed=x["median_s"] >= HEAD_TARGET_X if gated else None))
     if not have_actionformer:
-        figures.append(_figure("head bf16 against ActionFormer: not measured, no checkout given (--actionformer)",
-                               None, target=f">= {HEAD_TARGET_X}"))
-    return figures
+        emit(_figure("head bf16 against ActionFormer: not measured, no checkout given (--actionformer)", None,
+                     target=f">= {HEAD_TARGET_X}"))
 
 
-def step_lofi_memory(tiny: bool, out: Path, timeout: float) -> list[dict]:
+def step_lofi_memory(tiny: bool, out: Path, timeout: float, emit: Emit) -> None:
     args = (["--backbones", "vit-tiny", "--full", "8", "64", "--batch", "1", "--steps", "1", "--threads", "1"] if tiny
             else ["--backbones", "tsm-r50", "vit-b"])
     done = _run([sys.executable, str(HERE / "lofi_memory.py"), *args], timeout)
     result = _json_lines(done.stdout)
     if done.returncode or not result:
         raise RuntimeError(f"lofi_memory.py failed:\n{done.stderr[-2000:]}")
-    figures = []
     for row in result[0]["rows"]:
         label = f"lofi {row['backbone']} {row['fidelity']} ({row['snippets']}x{row['size']}px, batch {row['batch']})"
         reduced = row["fidelity"] != "full"
         x = row.get("x_full")
-        figures.append(_figure(f"{label} peak", None if row.get("peak_gb") is None else round(row["peak_gb"], 3), "GB"))
-        figures.append(_figure(f"{label} step", None if row.get("step_s") is None else round(row["step_s"], 3), "s"))
+        emit(_figure(f"{label} peak", None if row.get("peak_gb") is None else round(row["peak_gb"], 3), "GB"))
+        emit(_figure(f"{label} step", None if row.get("step_s") is None else round(row["step_s"], 3), "s"))
         if reduced:
-            figures.append(_figure(f"{label} memory / full's", None if x is None else round(x, 3), target="< 1",
-                                   passed=None if x is None else x < 1))
-    return figures
+            emit(_figure(f"{label} memory / full's", None if x is None else round(x, 3), target="< 1",
+                         passed=None if x is None else x < 1))
 
 
-def step_short_runs(tiny: bool, out: Path, timeout: float) -> list[dict]:
+def step_short_runs(tiny: bool, out: Path, timeout: float, emit: Emit) -> None:
     import csv
     import dataclasses
 
@@ -233,7 +234,6 @@ def step_short_runs(tiny: bool, out: Path, timeout: float) -> list[dict]:
                                        lofi_snippets=8, window_frames=64)
     else:
         settings = dataclasses.replace(settings, epochs=6, lofi_epochs=4, lofi_head_epochs=6)
-    figures = []
     for lofi in (False, True):
         folder = out / ("short_lofi" if lofi else "short_losa")
         losa = tuple(m for m in METHODS if m.method == "losa")
@@ -243,16 +243,14 @@ def step_short_runs(tiny: bool, out: Path, timeout: float) -> list[dict]:
             with open(run / "metrics.csv", newline="") as f:
                 losses = [float(r["train_loss"]) for r in csv.DictReader(f)]
             name = "LoFi stage 2" if lofi else "LoSA"
-            figures.append(_figure(f"short {name} run: train loss first -> last epoch",
-                                   f"{losses[0]:.4f} -> {losses[-1]:.4f}", target="goes down",
-                                   passed=losses[-1] < losses[0]))
+            emit(_figure(f"short {name} run: train loss first -> last epoch", f"{losses[0]:.4f} -> {losses[-1]:.4f}",
+                         target="goes down", passed=losses[-1] < losses[0]))
         for method, m in report["methods"].items():
-            figures.append(_figure(f"short run {method}: average mAP", round(m["average_mAP"], 4), target="evaluates",
-                                   passed=0.0 <= m["average_mAP"] <= 1.0))
-    return figures
+            emit(_figure(f"short run {method}: average mAP", round(m["average_mAP"], 4), target="evaluates",
+                         passed=0.0 <= m["average_mAP"] <= 1.0))
 
 
-def step_ddp(tiny: bool, out: Path, timeout: float) -> list[dict]:
+def step_ddp(tiny: bool, out: Path, timeout: float, emit: Emit) -> None:
     """The feature pipeline trained by one plain process and by torchrun (NCCL on a GPU,
     one process per GPU up to 2; on the CPU, 2 gloo processes), fp32: the weights agree."""
     import torch
@@ -269,7 +267,6 @@ def step_ddp(tiny: bool, out: Path, timeout: float) -> list[dict]:
     nproc = min(2, torch.cuda.device_count()) if device == "cuda" else 2
     config = out / "ddp.yaml"
     config.write_text("name: ddp\n")
-    figures = []
     runs = {}
     for name in ("single", "torchrun"):
         sets = tiny_config_overrides(gt, feats, out / f"ddp_{name}", epochs=1 if tiny else 3) + [
@@ -286,16 +283,57 @@ def step_ddp(tiny: bool, out: Path, timeout: float) -> list[dict]:
                 raise RuntimeError(f"{' '.join(cmd[:8])} ... failed:\n{done.stderr[-2000:]}")
         runs[name] = load_file(str(out / f"ddp_{name}" / "last" / "model.safetensors"))
         procs = f"{nproc} processes" if name == "torchrun" else "1 process"
-        figures.append(_figure(f"ddp {name} run ({procs}, {device}) wall", round(
-            time.perf_counter() - t0, 1), "s"))
+        emit(_figure(f"ddp {name} run ({procs}, {device}) wall", round(time.perf_counter() - t0, 1), "s"))
     diff = max(float((runs["single"][k].float() - runs["torchrun"][k].float()).abs().max()) for k in runs["single"])
-    figures.append(_figure(f"ddp: max |weight difference|, {nproc} processes vs 1", f"{diff:.2e}", target="<= 1e-4",
-                           passed=diff <= 1e-4))
-    return figures
+    emit(_figure(f"ddp: max |weight difference|, {nproc} processes vs 1", f"{diff:.2e}", target="<= 1e-4",
+                 passed=diff <= 1e-4))
 
 
 # ---------------------------------------------------------------------------------------
 # The driver
+
+
+def _print_figure(figure: dict) -> None:
+    print(json.dumps({"figure": figure}), flush=True)
+
+
+def run_step_process(cmd: list[str], timeout: float) -> dict:
+    """One step's child process, in a process group of its own: {status, figures, seconds,
+    detail}. Its figures are the JSON lines it printed before it ended, failed or was
+    stopped; a stopped step's group is killed whole, since its own children (the
+    benchmark's method processes, torchrun's workers) would hold GPU memory the next
+    step needs."""
+    t0 = time.perf_counter()
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                          start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+            status = "ok" if proc.returncode == 0 else "failed"
+        except subprocess.TimeoutExpired:
+            status = "stopped"
+            os.killpg(proc.pid, signal.SIGKILL)
+            try:
+                stdout, stderr = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired as e:  # a descendant that left the group holds the pipe
+                stdout, stderr = e.output or b"", b""
+                stdout = stdout.decode(errors="replace") if isinstance(stdout, bytes) else stdout
+    step = {"status": status, "figures": [line["figure"] for line in _json_lines(stdout) if "figure" in line],
+            "seconds": round(time.perf_counter() - t0, 1)}
+    if status == "failed":
+        step["detail"] = (stderr or stdout)[-3000:]
+    elif status == "stopped":
+        step["detail"] = f"the budget ran out after {step['seconds']:.0f} s"
+    return step
+
+
+def _missing_modules() -> list[str]:
+    missing = []
+    for name in REQUIRED:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:  # absent, or present and broken (a wheel for another platform)
+            missing.append(f"{name} ({e})")
+    return missing
 
 
 def _environment() -> dict:
@@ -316,6 +354,8 @@ def _environment() -> dict:
                                        timeout=10).stdout.strip() or None
     except OSError:
         env["commit"] = None
+    # A copy of the working tree without its .git (as on a lent machine) is named by the caller.
+    env["commit"] = env["commit"] or os.environ.get("E2ETAL_COMMIT") or None
     return env
 
 
@@ -351,11 +391,15 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.tiny:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # toy sizes on the CPU, even on a GPU machine
+    missing = _missing_modules()
+    if missing:
+        print(f"gpu_suite.py: cannot run, missing Python packages: {'; '.join(missing)}. Install the toolkit "
+              "with its dependencies (pip install -e '.[test]'), or see benchmarks/RESULTS.md for a machine "
+              "without a package index", file=sys.stderr)
+        return 2
 
-    if args.step:  # child: one step, its figures as JSON on the last line
-        started = time.perf_counter()
-        figures = globals()[f"step_{args.step}"](args.tiny, out, args.budget_s, **extra.get(args.step, {}))
-        print(json.dumps({"figures": figures, "seconds": time.perf_counter() - started}))
+    if args.step:  # child: one step, each figure a JSON line as soon as it is measured
+        globals()[f"step_{args.step}"](args.tiny, out, args.budget_s, _print_figure, **extra.get(args.step, {}))
         return 0
 
     began = time.perf_counter()
@@ -371,25 +415,17 @@ def main() -> int:
             step.update(status="not run", detail=f"{left:.0f} s of the budget left, the step needs about {need} s")
         elif args.tiny:  # toy sizes: in this process, where a child would spend seconds importing torch again
             t0 = time.perf_counter()
+            figures = []
             try:
-                step.update(status="ok", figures=globals()[f"step_{name}"](True, out, left, **extra.get(name, {})))
-            except Exception:  # a failed step is recorded and the suite goes on
-                step.update(status="failed", detail=traceback.format_exc()[-3000:])
+                globals()[f"step_{name}"](True, out, left, figures.append, **extra.get(name, {}))
+                step.update(status="ok", figures=figures)
+            except Exception:  # a failed step is recorded, with what it measured, and the suite goes on
+                step.update(status="failed", figures=figures, detail=traceback.format_exc()[-3000:])
             step["seconds"] = round(time.perf_counter() - t0, 1)
         else:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--step", name, "--out", str(out),
                    "--budget-s", str(left), "--actionformer", str(args.actionformer)]
-            t0 = time.perf_counter()
-            try:
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=left, cwd=ROOT)
-                result = _json_lines(done.stdout)
-                if done.returncode == 0 and result:
-                    step.update(status="ok", figures=result[-1]["figures"])
-                else:
-                    step.update(status="failed", detail=(done.stderr or done.stdout)[-3000:])
-            except subprocess.TimeoutExpired:
-                step.update(status="stopped", detail=f"the budget ran out after {time.perf_counter() - t0:.0f} s")
-            step["seconds"] = round(time.perf_counter() - t0, 1)
+            step.update(run_step_process(cmd, left))
         report["steps"].append(step)
         print(f"{name}: {step['status']} ({step.get('seconds', 0):.0f} s)", file=sys.stderr)
         io.write_json(out / "gpu_suite.json", report)  # kept after every step

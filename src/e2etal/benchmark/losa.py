@@ -603,9 +603,15 @@ def _run_in_own_process(s: BenchSettings, method: str) -> dict:
     return payload
 
 
-def run_bench(s: BenchSettings) -> list[dict]:
-    """Measure every method of `s.methods`, in order, each in a fresh process; one row per method (see `_row`)."""
-    rows = [_run_in_own_process(s, method) for method in s.methods]
+def run_bench(s: BenchSettings, on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """Measure every method of `s.methods`, in order, each in a fresh process; one row per
+    method (see `_row`). `on_row` gets each row as soon as it is measured, before the
+    rows' ratios to the frozen forward are filled in."""
+    rows = []
+    for method in s.methods:
+        rows.append(_run_in_own_process(s, method))
+        if on_row is not None:
+            on_row(rows[-1])
     floor = next((r for r in rows if r["method"] == "frozen" and r["status"] == "ok"), None)
     if floor is not None:
         for row in rows:
