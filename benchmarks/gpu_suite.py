@@ -315,7 +315,7 @@ def run_step_process(cmd: list[str], timeout: float) -> dict:
             try:
                 stdout, stderr = proc.communicate(timeout=30)
             except subprocess.TimeoutExpired as e:  # a descendant that left the group holds the pipe
-                stdout, stderr = e.output or b"", b""
+                stdout, stderr = e.output or "", ""
                 stdout = stdout.decode(errors="replace") if isinstance(stdout, bytes) else stdout
     step = {"status": status, "figures": [line["figure"] for line in _json_lines(stdout) if "figure" in line],
             "seconds": round(time.perf_counter() - t0, 1)}
@@ -391,16 +391,16 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.tiny:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # toy sizes on the CPU, even on a GPU machine
+
+    if args.step:  # child: one step, each figure a JSON line as soon as it is measured
+        globals()[f"step_{args.step}"](args.tiny, out, args.budget_s, _print_figure, **extra.get(args.step, {}))
+        return 0
     missing = _missing_modules()
     if missing:
         print(f"gpu_suite.py: cannot run, missing Python packages: {'; '.join(missing)}. Install the toolkit "
               "with its dependencies (pip install -e '.[test]'), or see benchmarks/RESULTS.md for a machine "
               "without a package index", file=sys.stderr)
         return 2
-
-    if args.step:  # child: one step, each figure a JSON line as soon as it is measured
-        globals()[f"step_{args.step}"](args.tiny, out, args.budget_s, _print_figure, **extra.get(args.step, {}))
-        return 0
 
     began = time.perf_counter()
     report = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", "benchmarks/gpu_suite.py", *sys.argv[1:]]),
