@@ -66,9 +66,9 @@ STEPS = [("cuda_tests", 20, 5), ("bench_losa", 90, 10), ("extraction", 90, 10), 
 ACTIONFORMER = ROOT / ".cache" / "actionformer"
 Emit = Callable[[dict], None]  # takes one figure (`_figure`)
 HEAD_TARGET_X = 1.25  # the head at least this many times faster than ActionFormer's
-# What the steps import (pyproject's dependencies by import name, and pytest); checked
-# before the first step, so that a machine that lacks one (PyAV is not in every GPU image)
-# costs seconds, not the budget.
+# What the steps import: pyproject's dependencies and test extra by import name (a test
+# keeps them equal). Checked before the first step, so that a machine that lacks one (PyAV
+# is not in every GPU image) costs seconds, not the budget.
 REQUIRED = ("torch", "numpy", "av", "safetensors", "yaml", "tqdm", "matplotlib", "pytest")
 
 

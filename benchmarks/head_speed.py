@@ -61,6 +61,14 @@ TINY_LENGTHS = (576, 500)
 TINY_WIDTH = 64  # input, embed and head channels with --tiny
 
 
+def head_config(tiny: bool, dropout: float, drop_path: float) -> tuple[HeadConfig, tuple[int, ...]]:
+    """The benchmarked head's config and its batch's valid lengths: ActionFormer's THUMOS-14
+    setting, or with `tiny` toy widths over TINY_LENGTHS."""
+    lengths = TINY_LENGTHS if tiny else LENGTHS
+    widths = dict(input_dim=TINY_WIDTH, embed_dim=TINY_WIDTH, head_dim=TINY_WIDTH, max_seq_len=max(lengths)) if tiny else {}
+    return HeadConfig(dropout=dropout, drop_path=drop_path, **widths), lengths
+
+
 def make_batch(channels: int, num_classes: int, seed: int, lengths: tuple[int, ...] = LENGTHS) -> dict:
     g = torch.Generator().manual_seed(seed)
     t = max(lengths)
@@ -165,9 +173,7 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"head_speed.py: --device {args.device}: this machine has no CUDA device")
 
-    lengths = TINY_LENGTHS if args.tiny else LENGTHS
-    widths = dict(input_dim=TINY_WIDTH, embed_dim=TINY_WIDTH, head_dim=TINY_WIDTH, max_seq_len=max(lengths)) if args.tiny else {}
-    cfg = HeadConfig(dropout=args.dropout, drop_path=args.drop_path, **widths)
+    cfg, lengths = head_config(args.tiny, args.dropout, args.drop_path)
     batch = make_batch(cfg.input_dim, cfg.num_classes, args.seed, lengths)
     batch = {k: [t.to(device) for t in v] if isinstance(v, list) else v.to(device) for k, v in batch.items()}
     builders = {

@@ -30,7 +30,7 @@ import head_speed  # noqa: E402
 
 import e2etal.heads.actionformer as actionformer_module  # noqa: E402
 import e2etal.heads.transformer as transformer_module  # noqa: E402
-from e2etal.heads import HeadConfig, build_head  # noqa: E402
+from e2etal.heads import build_head  # noqa: E402
 
 # A host synchronisation on a GPU: the host waits for the device's result.
 SYNCS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_consecutive"}
@@ -90,10 +90,7 @@ def main() -> None:
     args = ap.parse_args()
     if not args.cpu_paths:
         gpu_paths()
-    lengths = head_speed.TINY_LENGTHS if args.tiny else head_speed.LENGTHS
-    w = head_speed.TINY_WIDTH
-    widths = dict(input_dim=w, embed_dim=w, head_dim=w, max_seq_len=max(lengths)) if args.tiny else {}
-    cfg = HeadConfig(dropout=0.0, drop_path=0.1, **widths)
+    cfg, lengths = head_speed.head_config(args.tiny, dropout=0.0, drop_path=0.1)
     batch = head_speed.make_batch(cfg.input_dim, cfg.num_classes, 0, lengths)
     rows = {}
     for name in ("now", "actionformer"):

@@ -4,6 +4,7 @@ times a GPU is lent."""
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -98,3 +99,12 @@ def test_a_step_that_fails_keeps_the_figures_it_measured(tmp_path):
     step = suite.run_step_process([sys.executable, "-c", code], timeout=60)
     assert step["status"] == "failed" and "the second measurement broke" in step["detail"]
     assert step["figures"] == [{"name": "measured first", "value": 1.5}]
+
+
+def test_the_dependency_check_names_every_package_pyproject_asks_for():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((SUITE.parents[1] / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["test"]
+    import_names = {"pyyaml": "yaml"}  # distribution name -> import name, where they differ
+    names = {re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0].lower() for spec in wanted}
+    assert set(_suite_module().REQUIRED) == {import_names.get(n, n) for n in names}
